@@ -1,0 +1,288 @@
+//! The command line: clap structures (their doc comments are the `--help` text) and the
+//! conversion of raw options into validated configurations. Range checks live here and only
+//! here, in the value parsers, so a bad value is reported by clap with the option's name.
+
+use std::path::PathBuf;
+
+use anyhow::{Result, bail};
+use clap::{Args, Parser, Subcommand};
+use tch::{Cuda, Device};
+
+use crate::loss::KdLoss;
+use crate::models::ModelSpec;
+use crate::train::{DistillConfig, PhaseConfig, Schedule};
+
+/// Knowledge distillation: train a teacher, distill it into a small student, export the student.
+#[derive(Debug, Parser)]
+#[command(name = "kd", version, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// The main job: teacher pretraining, student baseline, student distillation, then export
+    /// of the student as TorchScript; prints a table of the three.
+    Run(RunArgs),
+    /// Train a teacher alone; writes teacher.safetensors in the run folder.
+    Teacher(TeacherArgs),
+    /// Distill a trained teacher into a new student; writes student.safetensors and student.pt.
+    Distill(DistillArgs),
+    /// Evaluate a checkpoint (.safetensors) or TorchScript file (.pt) on the test set.
+    Eval(EvalArgs),
+    /// Export a checkpoint as TorchScript (.pt) with a JSON card beside it.
+    Export(ExportArgs),
+}
+
+/// Options every training command takes.
+#[derive(Debug, Args)]
+pub struct CommonArgs {
+    /// Folder with the four MNIST IDX files (raw or .gz, either spelling).
+    #[arg(long, value_name = "DIR", default_value = "data/mnist")]
+    pub data: PathBuf,
+    /// Run folder for config, CSVs and checkpoints [default: runs/<command>-<time>].
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Overwrite a run folder that already holds a finished run.
+    #[arg(long)]
+    pub force: bool,
+    /// auto (CUDA when available, else CPU), cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto", value_parser = parse_device)]
+    pub device: Device,
+    /// Seed of every random draw (initial weights, batch order, dropout, jitter).
+    #[arg(long, default_value_t = 0)]
+    pub seed: i64,
+    /// Train on the first N training samples only.
+    #[arg(long, allow_negative_numbers = true, value_name = "N", value_parser = clap::value_parser!(i64).range(1..))]
+    pub train_limit: Option<i64>,
+    /// No progress bars and no per-epoch lines on stderr.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// Optimiser options, shared by all phases of a command.
+#[derive(Debug, Args)]
+pub struct OptimArgs {
+    /// Samples per training step.
+    #[arg(long, allow_negative_numbers = true, value_name = "N", default_value_t = 128, value_parser = clap::value_parser!(i64).range(1..))]
+    pub batch_size: i64,
+    /// Peak learning rate of SGD.
+    #[arg(long, allow_negative_numbers = true, value_name = "X", default_value_t = 0.05, value_parser = positive)]
+    pub lr: f64,
+    /// SGD momentum.
+    #[arg(long, allow_negative_numbers = true, value_name = "X", default_value_t = 0.9, value_parser = unit_interval)]
+    pub momentum: f64,
+    /// L2 weight decay.
+    #[arg(long, allow_negative_numbers = true, value_name = "X", default_value_t = 0.0, value_parser = non_negative)]
+    pub weight_decay: f64,
+    /// Learning-rate schedule over each phase.
+    #[arg(long, value_enum, default_value_t = Schedule::Cosine)]
+    pub schedule: Schedule,
+}
+
+/// Distillation options.
+#[derive(Debug, Args)]
+pub struct KdArgs {
+    /// Temperature T > 0 that softens teacher and student logits (softmax of logits / T).
+    #[arg(long, allow_negative_numbers = true, value_name = "T", default_value_t = 4.0, value_parser = positive)]
+    pub temperature: f64,
+    /// Weight of the soft (teacher) term in [0, 1]; the hard-label term gets 1 - alpha.
+    #[arg(long, allow_negative_numbers = true, value_name = "A", default_value_t = 0.9, value_parser = unit_interval)]
+    pub alpha: f64,
+    /// Soft term: kl (KL divergence) or soft-ce (cross-entropy with the teacher's distribution).
+    #[arg(long, value_name = "LOSS", default_value = "kl", value_parser = parse_kd_loss)]
+    pub kd_loss: KdLoss,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    #[command(flatten)]
+    pub optim: OptimArgs,
+    #[command(flatten)]
+    pub kd: KdArgs,
+    /// Teacher model spec (mlp:SIZES or cnn:C1xC2, options after a colon).
+    #[arg(long, value_name = "SPEC", default_value = "mlp:1200x1200:dropout=0.3")]
+    pub teacher_model: ModelSpec,
+    /// Student model spec.
+    #[arg(long, value_name = "SPEC", default_value = "mlp:800x800")]
+    pub student_model: ModelSpec,
+    /// Epochs of teacher pretraining.
+    #[arg(long, allow_negative_numbers = true, value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(i64).range(1..))]
+    pub teacher_epochs: i64,
+    /// Epochs of the student baseline and of distillation (each).
+    #[arg(long, allow_negative_numbers = true, value_name = "N", default_value_t = 6, value_parser = clap::value_parser!(i64).range(1..))]
+    pub student_epochs: i64,
+    /// Random shift of up to PIXELS of the teacher's training images.
+    #[arg(long, allow_negative_numbers = true, value_name = "PIXELS", default_value_t = 2, value_parser = clap::value_parser!(i64).range(0..=8))]
+    pub jitter: i64,
+    /// Random shift of up to PIXELS of the students' training images (0 lets the teacher's
+    /// training-set logits be computed once and reused).
+    #[arg(long, allow_negative_numbers = true, value_name = "PIXELS", default_value_t = 0, value_parser = clap::value_parser!(i64).range(0..=8))]
+    pub student_jitter: i64,
+}
+
+#[derive(Debug, Args)]
+pub struct TeacherArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    #[command(flatten)]
+    pub optim: OptimArgs,
+    /// Teacher model spec.
+    #[arg(long, value_name = "SPEC", default_value = "mlp:1200x1200:dropout=0.3")]
+    pub teacher_model: ModelSpec,
+    /// Training epochs.
+    #[arg(long, allow_negative_numbers = true, value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(i64).range(1..))]
+    pub epochs: i64,
+    /// Random shift of up to PIXELS of the training images.
+    #[arg(long, allow_negative_numbers = true, value_name = "PIXELS", default_value_t = 2, value_parser = clap::value_parser!(i64).range(0..=8))]
+    pub jitter: i64,
+}
+
+#[derive(Debug, Args)]
+pub struct DistillArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    #[command(flatten)]
+    pub optim: OptimArgs,
+    #[command(flatten)]
+    pub kd: KdArgs,
+    /// Teacher checkpoint (.safetensors written by kd teacher or kd run).
+    #[arg(long, value_name = "PATH")]
+    pub teacher: PathBuf,
+    /// Teacher spec, needed only for checkpoints that do not record theirs.
+    #[arg(long, value_name = "SPEC")]
+    pub teacher_model: Option<ModelSpec>,
+    /// Student model spec.
+    #[arg(long, value_name = "SPEC", default_value = "mlp:800x800")]
+    pub student_model: ModelSpec,
+    /// Distillation epochs.
+    #[arg(long, allow_negative_numbers = true, value_name = "N", default_value_t = 6, value_parser = clap::value_parser!(i64).range(1..))]
+    pub epochs: i64,
+    /// Random shift of up to PIXELS of the student's training images.
+    #[arg(long, allow_negative_numbers = true, value_name = "PIXELS", default_value_t = 0, value_parser = clap::value_parser!(i64).range(0..=8))]
+    pub jitter: i64,
+    /// Also train the same student without the teacher, as a reference.
+    #[arg(long)]
+    pub baseline: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// A kd checkpoint (.safetensors) or a TorchScript file (.pt).
+    #[arg(long, value_name = "PATH")]
+    pub model: PathBuf,
+    /// Model spec, needed only for checkpoints that do not record theirs.
+    #[arg(long, value_name = "SPEC")]
+    pub model_spec: Option<ModelSpec>,
+    /// Folder with the MNIST IDX files.
+    #[arg(long, value_name = "DIR", default_value = "data/mnist")]
+    pub data: PathBuf,
+    /// auto, cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto", value_parser = parse_device)]
+    pub device: Device,
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// The kd checkpoint (.safetensors) to export.
+    #[arg(long, value_name = "PATH")]
+    pub model: PathBuf,
+    /// Folder for <name>.pt and <name>.json [default: the checkpoint's folder].
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Model spec, needed only for checkpoints that do not record theirs.
+    #[arg(long, value_name = "SPEC")]
+    pub model_spec: Option<ModelSpec>,
+}
+
+impl Command {
+    /// The options shared by training commands, for those that take them.
+    pub fn common(&self) -> Option<&CommonArgs> {
+        match self {
+            Command::Run(args) => Some(&args.common),
+            Command::Teacher(args) => Some(&args.common),
+            Command::Distill(args) => Some(&args.common),
+            Command::Eval(_) | Command::Export(_) => None,
+        }
+    }
+}
+
+impl OptimArgs {
+    /// The phase configuration these options give, for `epochs` epochs with `jitter` pixels.
+    pub fn phase(&self, epochs: i64, jitter: i64, seed: i64) -> PhaseConfig {
+        PhaseConfig {
+            epochs,
+            batch_size: self.batch_size,
+            lr: self.lr,
+            momentum: self.momentum,
+            weight_decay: self.weight_decay,
+            schedule: self.schedule,
+            jitter,
+            seed,
+        }
+    }
+}
+
+impl KdArgs {
+    pub fn config(&self) -> DistillConfig {
+        DistillConfig { temperature: self.temperature, alpha: self.alpha, kd_loss: self.kd_loss }
+    }
+}
+
+/// `auto`, `cpu`, `cuda` or `cuda:N`; CUDA must be present.
+pub fn parse_device(text: &str) -> Result<Device> {
+    let cuda = |index: usize| {
+        let count = Cuda::device_count() as usize;
+        if index >= count {
+            bail!("CUDA device {index} is not available ({count} CUDA devices found)");
+        }
+        Ok(Device::Cuda(index))
+    };
+    match text {
+        "auto" => Ok(Device::cuda_if_available()),
+        "cpu" => Ok(Device::Cpu),
+        "cuda" => cuda(0),
+        _ => match text.strip_prefix("cuda:").map(str::parse::<usize>) {
+            Some(Ok(index)) => cuda(index),
+            _ => bail!("expected auto, cpu, cuda or cuda:N"),
+        },
+    }
+}
+
+fn parse_kd_loss(text: &str) -> Result<KdLoss> {
+    text.parse()
+}
+
+fn number(text: &str) -> Result<f64> {
+    match text.parse::<f64>() {
+        Ok(x) if x.is_finite() => Ok(x),
+        _ => bail!("'{text}' is not a finite number"),
+    }
+}
+
+fn positive(text: &str) -> Result<f64> {
+    let x = number(text)?;
+    if x <= 0.0 {
+        bail!("must be greater than 0");
+    }
+    Ok(x)
+}
+
+fn non_negative(text: &str) -> Result<f64> {
+    let x = number(text)?;
+    if x < 0.0 {
+        bail!("must not be negative");
+    }
+    Ok(x)
+}
+
+fn unit_interval(text: &str) -> Result<f64> {
+    let x = number(text)?;
+    if !(0.0..=1.0).contains(&x) {
+        bail!("must be between 0 and 1");
+    }
+    Ok(x)
+}

@@ -1,0 +1,275 @@
+//! The subcommands: each turns validated options into data, models and phases, and leaves its
+//! results in a run folder (see [`crate::report`]).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, ensure};
+use serde::Serialize;
+use tch::{CModule, Device, Kind};
+
+use crate::checkpoint;
+use crate::cli::{CommonArgs, DistillArgs, EvalArgs, ExportArgs, RunArgs, TeacherArgs};
+use crate::data::{CLASSES, IMAGE_PIXELS, Mnist, load_mnist};
+use crate::export::export_torchscript;
+use crate::models::{Model, ModelSpec};
+use crate::report::{RunDir, SummaryRow, status, table};
+use crate::train::{
+    DistillConfig, EpochRecord, Phase, PhaseConfig, distill, evaluation_from_logits, seeded_model,
+    train_baseline, train_teacher,
+};
+
+/// Everything a run folder's `config.json` records.
+#[derive(Debug, Serialize)]
+struct RunConfig<'a> {
+    kd_version: &'a str,
+    command: &'a str,
+    data: &'a Path,
+    device: String,
+    train_limit: Option<i64>,
+    teacher_model: String,
+    teacher_checkpoint: Option<&'a Path>,
+    student_model: Option<String>,
+    teacher: Option<&'a PhaseConfig>,
+    student: Option<&'a PhaseConfig>,
+    distill: Option<&'a DistillConfig>,
+}
+
+/// `kd run`: teacher, baseline and distilled student, then the student's TorchScript export.
+pub fn run(args: &RunArgs) -> Result<()> {
+    let common = &args.common;
+    let mut dir = RunDir::create(&run_folder(common, "run"), common.force)?;
+    let teacher_config = args.optim.phase(args.teacher_epochs, args.jitter, common.seed);
+    let student_config = args.optim.phase(args.student_epochs, args.student_jitter, common.seed);
+    let kd = args.kd.config();
+    dir.write_config(&RunConfig {
+        kd_version: env!("CARGO_PKG_VERSION"),
+        command: "run",
+        data: &common.data,
+        device: format!("{:?}", common.device),
+        train_limit: common.train_limit,
+        teacher_model: args.teacher_model.to_string(),
+        teacher_checkpoint: None,
+        student_model: Some(args.student_model.to_string()),
+        teacher: Some(&teacher_config),
+        student: Some(&student_config),
+        distill: Some(&kd),
+    })?;
+    let data = load_data(common)?;
+
+    let teacher = new_model(&args.teacher_model, common, Phase::Teacher);
+    let records = train_teacher(&teacher, &data, &teacher_config, &mut |r| dir.record_epoch(r))?;
+    checkpoint::save(&teacher, &dir.file("teacher.safetensors"))?;
+    let mut rows = vec![summary_row(Phase::Teacher, &teacher, &records, None)];
+
+    let baseline = new_model(&args.student_model, common, Phase::Baseline);
+    let records = train_baseline(&baseline, Some(&teacher), &data, &student_config, &mut |r| {
+        dir.record_epoch(r)
+    })?;
+    checkpoint::save(&baseline, &dir.file("baseline.safetensors"))?;
+    rows.push(summary_row(Phase::Baseline, &baseline, &records, None));
+
+    let mut student = new_model(&args.student_model, common, Phase::Student);
+    let records =
+        distill(&student, &teacher, &data, &student_config, &kd, &mut |r| dir.record_epoch(r))?;
+    rows.push(summary_row(Phase::Student, &student, &records, Some(&kd)));
+    save_student(&mut student, &dir)?;
+
+    finish(&dir, &rows)
+}
+
+/// `kd teacher`: teacher pretraining alone.
+pub fn teacher(args: &TeacherArgs) -> Result<()> {
+    let common = &args.common;
+    let mut dir = RunDir::create(&run_folder(common, "teacher"), common.force)?;
+    let config = args.optim.phase(args.epochs, args.jitter, common.seed);
+    dir.write_config(&RunConfig {
+        kd_version: env!("CARGO_PKG_VERSION"),
+        command: "teacher",
+        data: &common.data,
+        device: format!("{:?}", common.device),
+        train_limit: common.train_limit,
+        teacher_model: args.teacher_model.to_string(),
+        teacher_checkpoint: None,
+        student_model: None,
+        teacher: Some(&config),
+        student: None,
+        distill: None,
+    })?;
+    let data = load_data(common)?;
+
+    let teacher = new_model(&args.teacher_model, common, Phase::Teacher);
+    let records = train_teacher(&teacher, &data, &config, &mut |r| dir.record_epoch(r))?;
+    checkpoint::save(&teacher, &dir.file("teacher.safetensors"))?;
+    finish(&dir, &[summary_row(Phase::Teacher, &teacher, &records, None)])
+}
+
+/// `kd distill`: a trained teacher into a new student (and, with `--baseline`, the same student
+/// trained without the teacher).
+pub fn distill_command(args: &DistillArgs) -> Result<()> {
+    let common = &args.common;
+    let teacher = checkpoint::load(&args.teacher, common.device, args.teacher_model.as_ref())
+        .context("cannot load the teacher")?;
+    let mut dir = RunDir::create(&run_folder(common, "distill"), common.force)?;
+    let config = args.optim.phase(args.epochs, args.jitter, common.seed);
+    let kd = args.kd.config();
+    dir.write_config(&RunConfig {
+        kd_version: env!("CARGO_PKG_VERSION"),
+        command: "distill",
+        data: &common.data,
+        device: format!("{:?}", common.device),
+        train_limit: common.train_limit,
+        teacher_model: teacher.spec.to_string(),
+        teacher_checkpoint: Some(&args.teacher),
+        student_model: Some(args.student_model.to_string()),
+        teacher: None,
+        student: Some(&config),
+        distill: Some(&kd),
+    })?;
+    let data = load_data(common)?;
+    let mut rows = vec![teacher_row(&teacher, &data)];
+
+    if args.baseline {
+        let baseline = new_model(&args.student_model, common, Phase::Baseline);
+        let records = train_baseline(&baseline, Some(&teacher), &data, &config, &mut |r| {
+            dir.record_epoch(r)
+        })?;
+        checkpoint::save(&baseline, &dir.file("baseline.safetensors"))?;
+        rows.push(summary_row(Phase::Baseline, &baseline, &records, None));
+    }
+
+    let mut student = new_model(&args.student_model, common, Phase::Student);
+    let records = distill(&student, &teacher, &data, &config, &kd, &mut |r| dir.record_epoch(r))?;
+    rows.push(summary_row(Phase::Student, &student, &records, Some(&kd)));
+    save_student(&mut student, &dir)?;
+    finish(&dir, &rows)
+}
+
+/// `kd eval`: test-set figures of a checkpoint or a TorchScript file, per class too.
+pub fn eval(args: &EvalArgs) -> Result<()> {
+    let data = load_mnist(&args.data, args.device, None)?;
+    let (name, logits) = if is_torchscript(&args.model) {
+        let module = CModule::load_on_device(&args.model, args.device)
+            .with_context(|| format!("{} is not a TorchScript model", args.model.display()))?;
+        let logits = tch::no_grad(|| module.forward_ts(&[&data.test.images]))
+            .with_context(|| format!("{} failed on a [10000, 784] batch", args.model.display()))?;
+        ensure!(
+            logits.size() == [data.test.len(), CLASSES],
+            "{} returned shape {:?}, expected [{}, {CLASSES}]",
+            args.model.display(),
+            logits.size(),
+            data.test.len()
+        );
+        ("TorchScript".to_string(), logits.to_kind(Kind::Float))
+    } else {
+        let model = checkpoint::load(&args.model, args.device, args.model_spec.as_ref())?;
+        (model.spec.to_string(), crate::train::predict(&model, &data.test.images))
+    };
+
+    let eval = evaluation_from_logits(&logits, &data.test.labels, None);
+    println!("model      {} ({name})", args.model.display());
+    println!("test acc   {:.2}%", 100.0 * eval.accuracy);
+    println!("errors     {} of {}", eval.errors, data.test.len());
+    println!("test loss  {:.4}", eval.loss);
+    println!("errors per class:");
+    for (class, errors) in eval.class_errors.iter().enumerate() {
+        println!("  {class}: {errors}");
+    }
+    Ok(())
+}
+
+/// `kd export`: a checkpoint to TorchScript.
+pub fn export(args: &ExportArgs) -> Result<()> {
+    let mut model = checkpoint::load(&args.model, Device::Cpu, args.model_spec.as_ref())?;
+    let folder = match &args.out {
+        Some(dir) => dir.clone(),
+        None => args.model.parent().map(Path::to_path_buf).unwrap_or_default(),
+    };
+    std::fs::create_dir_all(&folder)
+        .with_context(|| format!("cannot create {}", folder.display()))?;
+    let stem = args.model.file_stem().context("the checkpoint path has no file name")?;
+    let path = folder.join(stem).with_extension("pt");
+    export_torchscript(&mut model, &path, &args.model.display().to_string())?;
+    println!("{}", path.display());
+    Ok(())
+}
+
+fn load_data(common: &CommonArgs) -> Result<Mnist> {
+    let data = load_mnist(&common.data, common.device, common.train_limit)?;
+    status(&format!(
+        "data: {} training and {} test images of {IMAGE_PIXELS} pixels from {} on {:?}, seed {}",
+        data.train.len(),
+        data.test.len(),
+        common.data.display(),
+        common.device,
+        common.seed
+    ));
+    Ok(data)
+}
+
+fn new_model(spec: &ModelSpec, common: &CommonArgs, phase: Phase) -> Model {
+    let model = seeded_model(spec, CLASSES, common.device, common.seed);
+    status(&format!("{}: {spec}, {} parameters", phase.name(), model.parameter_count()));
+    model
+}
+
+fn save_student(student: &mut Model, dir: &RunDir) -> Result<()> {
+    checkpoint::save(student, &dir.file("student.safetensors"))?;
+    let source = dir.file("student.safetensors").display().to_string();
+    export_torchscript(student, &dir.file("student.pt"), &source)
+}
+
+fn summary_row(
+    phase: Phase,
+    model: &Model,
+    records: &[EpochRecord],
+    kd: Option<&DistillConfig>,
+) -> SummaryRow {
+    let last = records.last().expect("every phase runs at least one epoch");
+    SummaryRow {
+        phase: phase.name().to_string(),
+        model: model.spec.to_string(),
+        params: model.parameter_count(),
+        temperature: kd.map(|k| k.temperature),
+        alpha: kd.map(|k| k.alpha),
+        epochs: records.len() as i64,
+        test_acc: last.test_acc,
+        test_errors: last.test_errors,
+        agreement: last.agreement,
+        seconds: records.iter().map(|r| r.seconds).sum(),
+    }
+}
+
+/// The summary row of a teacher loaded from a checkpoint: its test figures, no training.
+fn teacher_row(teacher: &Model, data: &Mnist) -> SummaryRow {
+    let eval = crate::train::evaluate(teacher, &data.test, None);
+    SummaryRow {
+        phase: Phase::Teacher.name().to_string(),
+        model: teacher.spec.to_string(),
+        params: teacher.parameter_count(),
+        temperature: None,
+        alpha: None,
+        epochs: 0,
+        test_acc: eval.accuracy,
+        test_errors: eval.errors,
+        agreement: None,
+        seconds: 0.0,
+    }
+}
+
+fn finish(dir: &RunDir, rows: &[SummaryRow]) -> Result<()> {
+    dir.write_summary(rows)?;
+    print!("{}", table(rows));
+    status(&format!("results in {}", dir.path.display()));
+    Ok(())
+}
+
+fn run_folder(common: &CommonArgs, command: &str) -> PathBuf {
+    common.out.clone().unwrap_or_else(|| {
+        let time = chrono::Local::now().format("%Y%m%d-%H%M%S");
+        PathBuf::from("runs").join(format!("{command}-{time}"))
+    })
+}
+
+fn is_torchscript(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e == "pt" || e == "pth")
+}

@@ -1,0 +1,150 @@
+//! What a run leaves behind and what it shows: the run folder (`config.json`, `metrics.csv`,
+//! `summary.csv`), the one-line-per-epoch log on stderr and the closing table on stdout.
+//!
+//! Results go to files; stderr carries progress; stdout carries only the final table, so it
+//! can be piped.
+
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+
+use crate::checkpoint::temporary_path;
+use crate::train::EpochRecord;
+
+static QUIET: AtomicBool = AtomicBool::new(false);
+
+/// Silences progress bars and per-epoch lines (`--quiet`).
+pub fn set_quiet(quiet: bool) {
+    QUIET.store(quiet, Ordering::Relaxed);
+}
+
+/// Whether `--quiet` was given.
+pub fn quiet() -> bool {
+    QUIET.load(Ordering::Relaxed)
+}
+
+/// Prints a status line on stderr unless `--quiet`.
+pub fn status(line: &str) {
+    if !quiet() {
+        eprintln!("{line}");
+    }
+}
+
+/// One row of `summary.csv`: a trained model's final figures.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SummaryRow {
+    pub phase: String,
+    pub model: String,
+    pub params: i64,
+    pub temperature: Option<f64>,
+    pub alpha: Option<f64>,
+    pub epochs: i64,
+    pub test_acc: f64,
+    pub test_errors: i64,
+    pub agreement: Option<f64>,
+    pub seconds: f64,
+}
+
+/// A run folder being written.
+pub struct RunDir {
+    pub path: PathBuf,
+    metrics: csv::Writer<File>,
+}
+
+impl RunDir {
+    /// Creates (or reuses, with `force`) the folder `path` and starts its `metrics.csv`.
+    /// A folder that already holds a finished run (a `summary.csv`) is refused without `force`.
+    pub fn create(path: &Path, force: bool) -> Result<RunDir> {
+        if path.join("summary.csv").exists() && !force {
+            bail!(
+                "{} already holds a finished run; pass --force to overwrite it or choose another --out",
+                path.display()
+            );
+        }
+        fs::create_dir_all(path)
+            .with_context(|| format!("cannot create run folder {}", path.display()))?;
+        let metrics_path = path.join("metrics.csv");
+        let metrics = csv::Writer::from_path(&metrics_path)
+            .with_context(|| format!("cannot write {}", metrics_path.display()))?;
+        Ok(RunDir { path: path.to_path_buf(), metrics })
+    }
+
+    /// The path of `name` inside the run folder.
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.path.join(name)
+    }
+
+    /// Writes the resolved configuration as `config.json`.
+    pub fn write_config<T: Serialize>(&self, config: &T) -> Result<()> {
+        let text = serde_json::to_string_pretty(config)?;
+        write_atomically(&self.file("config.json"), text.as_bytes())
+    }
+
+    /// Appends an epoch to `metrics.csv` (flushed at once) and prints its line on stderr.
+    pub fn record_epoch(&mut self, record: &EpochRecord) -> Result<()> {
+        self.metrics.serialize(record)?;
+        self.metrics
+            .flush()
+            .with_context(|| format!("cannot write {}", self.file("metrics.csv").display()))?;
+        status(&epoch_line(record));
+        Ok(())
+    }
+
+    /// Writes `summary.csv` whole.
+    pub fn write_summary(&self, rows: &[SummaryRow]) -> Result<()> {
+        let mut writer = csv::Writer::from_writer(vec![]);
+        rows.iter().try_for_each(|row| writer.serialize(row))?;
+        write_atomically(&self.file("summary.csv"), &writer.into_inner()?)
+    }
+}
+
+/// Writes `bytes` to `path` through a temporary file and a rename, so `path` is always whole.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = temporary_path(path);
+    let mut file = File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
+    file.write_all(bytes)
+        .and_then(|_| file.sync_all())
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    fs::rename(&tmp, path).with_context(|| format!("cannot move {} into place", tmp.display()))
+}
+
+/// The compact stderr line for one epoch.
+pub fn epoch_line(r: &EpochRecord) -> String {
+    let agreement = r.agreement.map_or("-".to_string(), |a| format!("{:.2}%", 100.0 * a));
+    format!(
+        "{:<8} epoch {:>3}  train loss {:.4}  test loss {:.4}  acc {:.2}%  errors {:>4}  agreement {:>7}  {:.1}s",
+        r.phase.name(),
+        r.epoch,
+        r.train_loss,
+        r.test_loss,
+        100.0 * r.test_acc,
+        r.test_errors,
+        agreement,
+        r.seconds
+    )
+}
+
+/// The closing table: one line per trained model.
+pub fn table(rows: &[SummaryRow]) -> String {
+    let mut out = format!(
+        "{:<9} {:<28} {:>9} {:>8} {:>7} {:>10}\n",
+        "phase", "model", "params", "test acc", "errors", "agreement"
+    );
+    for r in rows {
+        let agreement = r.agreement.map_or("-".to_string(), |a| format!("{:.2}%", 100.0 * a));
+        out += &format!(
+            "{:<9} {:<28} {:>9} {:>7.2}% {:>7} {:>10}\n",
+            r.phase,
+            r.model,
+            r.params,
+            100.0 * r.test_acc,
+            r.test_errors,
+            agreement
+        );
+    }
+    out
+}

@@ -1,0 +1,348 @@
+//! Black-box tests of the real `kd` binary on a few thousand real MNIST samples, in temporary
+//! folders: the main job's files read back, the TorchScript student checked in PyTorch, and the
+//! errors that bad input gets.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use kd::checkpoint;
+use kd::data::load_mnist;
+use kd::report::SummaryRow;
+use kd::train::{EpochRecord, Phase, predict};
+use tch::{Device, Tensor};
+
+fn kd(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_kd")).args(args).output().expect("kd runs")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn small_run(out: &Path, extra: &[&str]) -> Output {
+    let data = common::mnist_dir();
+    let mut args = vec![
+        "run",
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--device",
+        "cpu",
+        "--train-limit",
+        "3000",
+        "--teacher-model",
+        "mlp:256:dropout=0.2",
+        "--student-model",
+        "mlp:64",
+        "--teacher-epochs",
+        "2",
+        "--student-epochs",
+        "2",
+        "--quiet",
+    ];
+    args.extend_from_slice(extra);
+    kd(&args)
+}
+
+fn read_csv<T: serde::de::DeserializeOwned>(path: &Path) -> Vec<T> {
+    csv::Reader::from_path(path).unwrap().deserialize().map(Result::unwrap).collect()
+}
+
+#[test]
+fn the_main_job_writes_its_results_and_a_torchscript_student_equal_to_the_rust_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let output = small_run(&out, &[]);
+    assert!(output.status.success(), "kd run failed: {}", text(&output.stderr));
+    assert!(output.stderr.is_empty(), "--quiet printed: {}", text(&output.stderr));
+
+    // The table on stdout names the three phases.
+    let table = text(&output.stdout);
+    for phase in ["teacher", "baseline", "student"] {
+        assert!(table.lines().any(|l| l.starts_with(phase)), "{table}");
+    }
+
+    // metrics.csv: two epochs per phase, in order, with agreement for students only.
+    let metrics: Vec<EpochRecord> = read_csv(&out.join("metrics.csv"));
+    let phases: Vec<(Phase, i64)> = metrics.iter().map(|r| (r.phase, r.epoch)).collect();
+    use Phase::*;
+    assert_eq!(
+        phases,
+        [(Teacher, 1), (Teacher, 2), (Baseline, 1), (Baseline, 2), (Student, 1), (Student, 2)]
+    );
+    assert!(
+        metrics.iter().all(|r| r.test_acc > 0.7 && (r.phase == Teacher) == r.agreement.is_none())
+    );
+    assert!(metrics.iter().all(|r| r.test_errors == ((1.0 - r.test_acc) * 10000.0).round() as i64));
+
+    // summary.csv agrees with the last epoch of each phase and with the checkpoints.
+    let summary: Vec<SummaryRow> = read_csv(&out.join("summary.csv"));
+    assert_eq!(
+        summary.iter().map(|r| r.phase.as_str()).collect::<Vec<_>>(),
+        ["teacher", "baseline", "student"]
+    );
+    assert_eq!(summary[2].temperature, Some(4.0));
+    assert_eq!(summary[2].alpha, Some(0.9));
+    let data = load_mnist(&common::mnist_dir(), Device::Cpu, None).unwrap();
+    for row in &summary {
+        let model =
+            checkpoint::load(&out.join(format!("{}.safetensors", row.phase)), Device::Cpu, None)
+                .unwrap();
+        assert_eq!(model.spec.to_string(), row.model);
+        assert_eq!(model.parameter_count(), row.params);
+        assert_eq!(
+            kd::train::evaluate(&model, &data.test, None).errors,
+            row.test_errors,
+            "{}",
+            row.phase
+        );
+    }
+
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["distill"]["temperature"], 4.0);
+    assert_eq!(config["student_model"], "mlp:64");
+
+    // The TorchScript student, run by plain PyTorch on 500 real test images.
+    let student = checkpoint::load(&out.join("student.safetensors"), Device::Cpu, None).unwrap();
+    let inputs = data.test.images.narrow(0, 0, 500);
+    let expected = predict(&student, &inputs);
+    let tensors = dir.path().join("check.safetensors");
+    Tensor::write_safetensors(&[("inputs", &inputs), ("expected", &expected)], &tensors).unwrap();
+    let check = Command::new(common::python())
+        .arg(common::repo().join("scripts/check_torchscript.py"))
+        .args([out.join("student.pt"), tensors])
+        .output()
+        .unwrap();
+    assert!(check.status.success(), "{}", text(&check.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&check.stdout).unwrap();
+    println!("TorchScript student in PyTorch: {report}");
+    assert_eq!(report["shape"], serde_json::json!([500, 10]));
+    assert!(report["max_abs_diff"].as_f64().unwrap() <= 1e-6, "{report}");
+    assert_eq!(report["repeat_bitwise_equal"], true);
+    let card: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("student.json")).unwrap()).unwrap();
+    assert_eq!(card["input_shape"], serde_json::json!([-1, 784]));
+
+    // A finished run folder is not overwritten without --force.
+    let again = small_run(&out, &[]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(
+        text(&again.stderr).contains("already holds a finished run"),
+        "{}",
+        text(&again.stderr)
+    );
+}
+
+#[test]
+fn the_same_seed_gives_the_same_numbers_on_cpu() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = common::mnist_dir();
+    let run = |name: &str| {
+        let out = dir.path().join(name);
+        let output = kd(&[
+            "teacher",
+            "--data",
+            data.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--device",
+            "cpu",
+            "--train-limit",
+            "1000",
+            "--teacher-model",
+            "mlp:64:dropout=0.3",
+            "--epochs",
+            "2",
+            "--jitter",
+            "1",
+            "--seed",
+            "11",
+            "--quiet",
+        ]);
+        assert!(output.status.success(), "{}", text(&output.stderr));
+        let rows: Vec<EpochRecord> = read_csv(&out.join("metrics.csv"));
+        rows.iter().map(|r| (r.train_loss, r.test_loss)).collect::<Vec<_>>()
+    };
+    assert_eq!(run("a"), run("b"));
+}
+
+#[test]
+fn distill_and_eval_work_from_a_teacher_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = common::mnist_dir();
+    let data = data.to_str().unwrap();
+    let teacher_dir = dir.path().join("teacher");
+    let output = kd(&[
+        "teacher",
+        "--data",
+        data,
+        "--out",
+        teacher_dir.to_str().unwrap(),
+        "--device",
+        "cpu",
+        "--train-limit",
+        "2000",
+        "--teacher-model",
+        "mlp:128",
+        "--epochs",
+        "1",
+        "--quiet",
+    ]);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let teacher = teacher_dir.join("teacher.safetensors");
+
+    let out = dir.path().join("distill");
+    let output = kd(&[
+        "distill",
+        "--data",
+        data,
+        "--teacher",
+        teacher.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--device",
+        "cpu",
+        "--train-limit",
+        "2000",
+        "--student-model",
+        "mlp:32",
+        "--epochs",
+        "1",
+        "--temperature",
+        "2",
+        "--alpha",
+        "0.5",
+        "--kd-loss",
+        "soft-ce",
+        "--baseline",
+        "--quiet",
+    ]);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let summary: Vec<SummaryRow> = read_csv(&out.join("summary.csv"));
+    assert_eq!(
+        summary.iter().map(|r| r.phase.as_str()).collect::<Vec<_>>(),
+        ["teacher", "baseline", "student"]
+    );
+    assert_eq!((summary[2].temperature, summary[2].alpha), (Some(2.0), Some(0.5)));
+
+    // kd eval of the checkpoint and of its TorchScript export report the same errors.
+    for model in ["student.safetensors", "student.pt"] {
+        let output = kd(&[
+            "eval",
+            "--model",
+            out.join(model).to_str().unwrap(),
+            "--data",
+            data,
+            "--device",
+            "cpu",
+        ]);
+        assert!(output.status.success(), "{}", text(&output.stderr));
+        let expected = format!("errors     {} of 10000", summary[2].test_errors);
+        assert!(text(&output.stdout).contains(&expected), "{model}: {}", text(&output.stdout));
+    }
+
+    // kd export writes a .pt and its card into another folder.
+    let exported = dir.path().join("exported");
+    let output =
+        kd(&["export", "--model", teacher.to_str().unwrap(), "--out", exported.to_str().unwrap()]);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    assert!(exported.join("teacher.pt").exists() && exported.join("teacher.json").exists());
+}
+
+/// Runs kd and returns its exit code and stderr.
+fn failure(args: &[&str]) -> (Option<i32>, String) {
+    let output = kd(args);
+    let stderr = text(&output.stderr);
+    assert!(!stderr.contains("panicked") && !stderr.contains("RUST_BACKTRACE"), "{stderr}");
+    (output.status.code(), stderr)
+}
+
+#[test]
+fn bad_options_get_clear_errors_and_non_zero_exits() {
+    let cases: &[(&[&str], &str)] = &[
+        (&["run", "--temperature", "0"], "must be greater than 0"),
+        (&["run", "--temperature", "-1"], "--temperature"),
+        (&["run", "--alpha", "1.5"], "must be between 0 and 1"),
+        (&["run", "--alpha", "x"], "'x' is not a finite number"),
+        (&["run", "--lr", "nan"], "not a finite number"),
+        (&["run", "--student-model", "mlp:8x"], "invalid model spec 'mlp:8x'"),
+        (&["run", "--teacher-model", "transformer:3"], "unknown model kind 'transformer'"),
+        (&["run", "--kd-loss", "mse"], "expected kl or soft-ce"),
+        (&["run", "--device", "tpu"], "expected auto, cpu, cuda or cuda:N"),
+        (&["run", "--batch-size", "0"], "--batch-size"),
+        (&["run", "--train-limit", "-3"], "--train-limit"),
+    ];
+    for (args, message) in cases {
+        let (code, stderr) = failure(args);
+        assert_eq!(code, Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(message), "{args:?}: {stderr}");
+    }
+}
+
+#[test]
+fn bad_files_get_clear_errors_and_exit_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let blocker = dir.path().join("a-file");
+    std::fs::write(&blocker, "x").unwrap();
+    let data = common::mnist_dir();
+    let data = data.to_str().unwrap();
+    let out = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (
+            vec![
+                "run".into(),
+                "--data".into(),
+                empty.to_str().unwrap().into(),
+                "--out".into(),
+                out("r1"),
+            ],
+            "no train-images file",
+        ),
+        (
+            vec![
+                "run".into(),
+                "--data".into(),
+                data.into(),
+                "--out".into(),
+                format!("{}/sub", blocker.display()),
+            ],
+            "cannot create run folder",
+        ),
+        (
+            vec![
+                "distill".into(),
+                "--teacher".into(),
+                blocker.to_str().unwrap().into(),
+                "--data".into(),
+                data.into(),
+                "--out".into(),
+                out("r2"),
+            ],
+            "is not a safetensors checkpoint",
+        ),
+        (
+            vec![
+                "eval".into(),
+                "--model".into(),
+                blocker.with_extension("pt").to_str().unwrap().into(),
+                "--data".into(),
+                data.into(),
+            ],
+            "is not a TorchScript model",
+        ),
+    ];
+    std::fs::write(blocker.with_extension("pt"), "not torchscript").unwrap();
+    for (args, message) in cases {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (code, stderr) = failure(&args);
+        assert_eq!(code, Some(1), "{args:?}: {stderr}");
+        assert!(stderr.starts_with("error: ") && stderr.contains(message), "{args:?}: {stderr}");
+    }
+}

@@ -1,0 +1,131 @@
+//! Checkpoints and the teacher's isolation, on a small teacher trained briefly on real MNIST.
+
+mod common;
+
+use kd::checkpoint;
+use kd::data::{CLASSES, Mnist, load_mnist};
+use kd::loss::KdLoss;
+use kd::models::{Model, ModelSpec};
+use kd::train::{
+    DistillConfig, PhaseConfig, Schedule, distill, evaluate, seeded_model, train_teacher,
+};
+use tch::{Device, Tensor};
+
+fn data(samples: i64) -> Mnist {
+    load_mnist(&common::mnist_dir(), Device::Cpu, Some(samples)).unwrap()
+}
+
+fn config(epochs: i64, jitter: i64) -> PhaseConfig {
+    PhaseConfig {
+        epochs,
+        batch_size: 64,
+        lr: 0.05,
+        momentum: 0.9,
+        weight_decay: 0.0,
+        schedule: Schedule::Cosine,
+        jitter,
+        seed: 7,
+    }
+}
+
+fn spec(text: &str) -> ModelSpec {
+    text.parse().unwrap()
+}
+
+fn trained_teacher(data: &Mnist) -> Model {
+    let teacher = seeded_model(&spec("mlp:128:dropout=0.5"), CLASSES, Device::Cpu, 7);
+    train_teacher(&teacher, data, &config(1, 0), &mut |_| Ok(())).unwrap();
+    teacher
+}
+
+fn snapshot(model: &Model) -> Vec<(String, Tensor)> {
+    let mut variables: Vec<_> =
+        model.vs.variables().into_iter().map(|(n, t)| (n, t.copy())).collect();
+    variables.sort_by(|a, b| a.0.cmp(&b.0));
+    variables
+}
+
+#[test]
+fn a_reloaded_teacher_has_the_same_parameters_and_accuracy() {
+    let data = data(2000);
+    let teacher = trained_teacher(&data);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("teacher.safetensors");
+    checkpoint::save(&teacher, &path).unwrap();
+
+    let reloaded = checkpoint::load(&path, Device::Cpu, None).unwrap();
+    assert_eq!(reloaded.spec, teacher.spec);
+    assert_eq!(reloaded.parameter_count(), teacher.parameter_count());
+    let (before, after) =
+        (evaluate(&teacher, &data.test, None), evaluate(&reloaded, &data.test, None));
+    assert!(before.accuracy > 0.8, "the teacher did not learn: {}", before.accuracy);
+    assert_eq!(before.errors, after.errors);
+    for ((name, a), (_, b)) in snapshot(&teacher).iter().zip(snapshot(&reloaded).iter()) {
+        assert!(a.equal(b), "{name} changed in the round trip");
+    }
+}
+
+#[test]
+fn loading_into_a_mismatched_model_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("small.safetensors");
+    checkpoint::save(&Model::new(&spec("mlp:32"), CLASSES, Device::Cpu), &path).unwrap();
+
+    let mut wider = Model::new(&spec("mlp:64"), CLASSES, Device::Cpu);
+    let error = format!("{:#}", checkpoint::load_into(&mut wider, &path).unwrap_err());
+    assert!(error.contains("layer0.weight is [32, 784] in the file but [64, 784]"), "{error}");
+
+    let mut deeper = Model::new(&spec("mlp:32x32"), CLASSES, Device::Cpu);
+    let error = format!("{:#}", checkpoint::load_into(&mut deeper, &path).unwrap_err());
+    assert!(error.contains("missing") && error.contains("layer2.weight"), "{error}");
+
+    let error =
+        format!("{:#}", checkpoint::load(&path, Device::Cpu, Some(&spec("mlp:64"))).unwrap_err());
+    assert!(error.contains("holds a mlp:32 model, not mlp:64"), "{error}");
+}
+
+#[test]
+fn a_partial_or_foreign_file_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = Model::new(&spec("mlp:32"), CLASSES, Device::Cpu);
+    let variables = model.vs.variables();
+    let partial = dir.path().join("partial.safetensors");
+    Tensor::write_safetensors(&[("layer0.weight", &variables["layer0.weight"])], &partial).unwrap();
+    let error = format!(
+        "{:#}",
+        checkpoint::load(&partial, Device::Cpu, Some(&spec("mlp:32"))).unwrap_err()
+    );
+    assert!(error.contains("missing") && error.contains("layer1.bias"), "{error}");
+
+    let error = format!("{:#}", checkpoint::load(&partial, Device::Cpu, None).unwrap_err());
+    assert!(error.contains("does not say which model"), "{error}");
+
+    let text = dir.path().join("notes.safetensors");
+    std::fs::write(&text, "not a checkpoint").unwrap();
+    let error = format!("{:#}", checkpoint::load(&text, Device::Cpu, None).unwrap_err());
+    assert!(error.contains("is not a safetensors checkpoint"), "{error}");
+}
+
+#[test]
+fn distillation_leaves_the_teacher_bitwise_unchanged() {
+    let data = data(2000);
+    let teacher = trained_teacher(&data);
+    let before = snapshot(&teacher);
+    let kd = DistillConfig { temperature: 4.0, alpha: 0.9, kd_loss: KdLoss::Kl };
+
+    // Cached teacher logits (no jitter) and the live teacher (jitter) both.
+    for jitter in [0, 1] {
+        let student = seeded_model(&spec("mlp:32"), CLASSES, Device::Cpu, 7);
+        let records =
+            distill(&student, &teacher, &data, &config(1, jitter), &kd, &mut |_| Ok(())).unwrap();
+        assert!(records[0].agreement.unwrap() > 0.5);
+    }
+    for ((name, a), (_, b)) in before.iter().zip(snapshot(&teacher).iter()) {
+        assert!(a.equal(b), "distillation changed the teacher's {name}");
+    }
+
+    // The teacher has dropout; in evaluation mode two forwards are bitwise equal.
+    let first = kd::train::predict(&teacher, &data.test.images);
+    let second = kd::train::predict(&teacher, &data.test.images);
+    assert!(first.equal(&second));
+}
