@@ -98,7 +98,9 @@ fn copy_weights(model: &mut Model, bytes: &[u8], path: &Path) -> Result<()> {
     let variables = model.vs.variables();
     let stored: Vec<String> = file.names().into_iter().map(String::from).collect();
 
-    let missing: Vec<&String> = variables.keys().filter(|name| !stored.contains(name)).collect();
+    let mut missing: Vec<&String> =
+        variables.keys().filter(|name| !stored.contains(name)).collect();
+    missing.sort();
     let extra: Vec<&String> = stored.iter().filter(|name| !variables.contains_key(*name)).collect();
     ensure!(
         missing.is_empty() && extra.is_empty(),
@@ -107,6 +109,8 @@ fn copy_weights(model: &mut Model, bytes: &[u8], path: &Path) -> Result<()> {
         model.spec
     );
 
+    let mut variables: Vec<(String, Tensor)> = variables.into_iter().collect();
+    variables.sort_by(|a, b| a.0.cmp(&b.0));
     let _guard = tch::no_grad_guard();
     for (name, mut variable) in variables {
         let view = file.tensor(&name)?;

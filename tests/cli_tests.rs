@@ -346,3 +346,61 @@ fn bad_files_get_clear_errors_and_exit_1() {
         assert!(stderr.starts_with("error: ") && stderr.contains(message), "{args:?}: {stderr}");
     }
 }
+
+#[test]
+fn the_phases_one_by_one_give_the_same_numbers_as_kd_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = common::mnist_dir();
+    let data = data.to_str().unwrap();
+    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    let shared =
+        ["--data", data, "--device", "cpu", "--train-limit", "1500", "--seed", "5", "--quiet"];
+    let models = ["--teacher-model", "mlp:128:dropout=0.2", "--student-model", "mlp:32"];
+
+    let run = kd(&[
+        &["run", "--out", &path("run"), "--teacher-epochs", "2", "--student-epochs", "2"],
+        &shared[..],
+        &models[..],
+    ]
+    .concat());
+    assert!(run.status.success(), "{}", text(&run.stderr));
+    let teacher = kd(&[
+        &[
+            "teacher",
+            "--out",
+            &path("teacher"),
+            "--epochs",
+            "2",
+            "--teacher-model",
+            "mlp:128:dropout=0.2",
+        ],
+        &shared[..],
+    ]
+    .concat());
+    assert!(teacher.status.success(), "{}", text(&teacher.stderr));
+    let teacher_file = path("teacher/teacher.safetensors");
+    let distill = kd(&[
+        &[
+            "distill",
+            "--out",
+            &path("distill"),
+            "--epochs",
+            "2",
+            "--teacher",
+            &teacher_file,
+            "--student-model",
+            "mlp:32",
+            "--baseline",
+        ],
+        &shared[..],
+    ]
+    .concat());
+    assert!(distill.status.success(), "{}", text(&distill.stderr));
+
+    let key = |rows: Vec<SummaryRow>| {
+        rows.into_iter().map(|r| (r.phase, r.test_errors, r.agreement)).collect::<Vec<_>>()
+    };
+    let together = key(read_csv(&dir.path().join("run/summary.csv")));
+    let apart = key(read_csv(&dir.path().join("distill/summary.csv")));
+    assert_eq!(together, apart);
+}
