@@ -42,7 +42,10 @@ pub fn save(model: &Model, path: &Path) -> Result<()> {
     let tmp = temporary_path(path);
     safetensors::serialize_to_file(views, Some(metadata), &tmp)
         .with_context(|| format!("cannot write checkpoint {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot move {} into place", tmp.display()))
+    std::fs::rename(&tmp, path)
+        .with_context(|| format!("cannot move {} into place", tmp.display()))?;
+    log::info!("saved {} ({}) to {}", model.spec, model.parameter_count(), path.display());
+    Ok(())
 }
 
 /// Builds the model a checkpoint describes and loads its weights, on `device`.
@@ -65,6 +68,7 @@ pub fn load(path: &Path, device: Device, spec: Option<&ModelSpec>) -> Result<Mod
     let classes = stored_classes.unwrap_or(crate::data::CLASSES);
     let mut model = Model::new(&spec, classes, device);
     copy_weights(&mut model, &bytes, path)?;
+    log::info!("loaded {spec} with {classes} classes from {}", path.display());
     Ok(model)
 }
 

@@ -109,6 +109,11 @@ pub fn distill_command(args: &DistillArgs) -> Result<()> {
     let common = &args.common;
     let teacher = checkpoint::load(&args.teacher, common.device, args.teacher_model.as_ref())
         .context("cannot load the teacher")?;
+    ensure!(
+        teacher.classes == CLASSES,
+        "the teacher has {} classes but the student {CLASSES} (MNIST's digits)",
+        teacher.classes
+    );
     let mut dir = RunDir::create(&run_folder(common, "distill"), common.force)?;
     let config = args.optim.phase(args.epochs, args.jitter, common.seed);
     let kd = args.kd.config();

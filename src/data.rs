@@ -54,13 +54,6 @@ impl Split {
         let n = n.min(self.len());
         Split { images: self.images.narrow(0, 0, n), labels: self.labels.narrow(0, 0, n) }
     }
-
-    /// The samples whose label is not `class`, in their original order.
-    pub fn without_class(&self, class: i64) -> Split {
-        let keep = self.labels.ne(class).nonzero().squeeze_dim(1);
-        let (images, labels) = self.batch(&keep);
-        Split { images, labels }
-    }
 }
 
 /// The MNIST training and test splits.
@@ -138,7 +131,10 @@ pub fn find_idx_file(dir: &Path, stem: &str, kind: &str) -> Result<PathBuf> {
 /// magic number against `magic`, its dimensions and its length.
 pub fn read_idx(path: &Path, magic: u32) -> Result<Idx> {
     let bytes = read_maybe_gz(path)?;
-    parse_idx(&bytes, magic).with_context(|| format!("{} is not a valid IDX file", path.display()))
+    let idx = parse_idx(&bytes, magic)
+        .with_context(|| format!("{} is not a valid IDX file", path.display()))?;
+    log::info!("read {}: dimensions {:?}", path.display(), idx.dims);
+    Ok(idx)
 }
 
 fn read_maybe_gz(path: &Path) -> Result<Vec<u8>> {

@@ -273,6 +273,7 @@ fn bad_options_get_clear_errors_and_non_zero_exits() {
         (&["run", "--teacher-model", "transformer:3"], "unknown model kind 'transformer'"),
         (&["run", "--kd-loss", "mse"], "expected kl or soft-ce"),
         (&["run", "--device", "tpu"], "expected auto, cpu, cuda or cuda:N"),
+        (&["run", "--device", "cuda:7"], "CUDA device 7 is not available"),
         (&["run", "--batch-size", "0"], "--batch-size"),
         (&["run", "--train-limit", "-3"], "--train-limit"),
     ];
@@ -339,6 +340,25 @@ fn bad_files_get_clear_errors_and_exit_1() {
         ),
     ];
     std::fs::write(blocker.with_extension("pt"), "not torchscript").unwrap();
+    let five_classes = dir.path().join("five.safetensors");
+    let spec = "mlp:16".parse().unwrap();
+    checkpoint::save(&kd::models::Model::new(&spec, 5, Device::Cpu), &five_classes).unwrap();
+    let cases = [
+        cases,
+        vec![(
+            vec![
+                "distill".into(),
+                "--teacher".into(),
+                five_classes.to_str().unwrap().into(),
+                "--data".into(),
+                data.into(),
+                "--out".into(),
+                out("r3"),
+            ],
+            "the teacher has 5 classes but the student 10",
+        )],
+    ]
+    .concat();
     for (args, message) in cases {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let (code, stderr) = failure(&args);
