@@ -62,7 +62,8 @@ pub fn load(path: &Path, device: Device, spec: Option<&ModelSpec>) -> Result<Mod
         (Some(stored), _) => stored,
         (None, Some(given)) => given.clone(),
         (None, None) => {
-            bail!("{} does not say which model it holds: give its spec", path.display())
+            let hint = "give its spec (--teacher-model or --model-spec)";
+            bail!("{} does not say which model it holds: {hint}", path.display())
         }
     };
     let classes = stored_classes.unwrap_or(crate::data::CLASSES);
@@ -86,7 +87,11 @@ fn read_metadata(bytes: &[u8], path: &Path) -> Result<(Option<ModelSpec>, Option
     let (_, metadata) = SafeTensors::read_metadata(bytes)
         .with_context(|| format!("{} is not a safetensors checkpoint", path.display()))?;
     let Some(info) = metadata.metadata() else { return Ok((None, None)) };
-    let spec = info.get(SPEC_KEY).map(|s| s.parse::<ModelSpec>()).transpose()?;
+    let spec = info
+        .get(SPEC_KEY)
+        .map(|s| s.parse::<ModelSpec>())
+        .transpose()
+        .with_context(|| format!("{} records a model spec kd cannot read", path.display()))?;
     let classes = info
         .get(CLASSES_KEY)
         .map(|c| {

@@ -41,7 +41,7 @@ pub struct CommonArgs {
     /// Folder with the four MNIST IDX files (raw or .gz, either spelling).
     #[arg(long, value_name = "DIR", default_value = "data/mnist")]
     pub data: PathBuf,
-    /// Run folder for config, CSVs and checkpoints [default: runs/<command>-<time>].
+    /// Run folder for config, CSVs and checkpoints [default: runs/<command>-<date>-<time>].
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
     /// Overwrite a run folder that already holds a finished run.
@@ -51,7 +51,7 @@ pub struct CommonArgs {
     #[arg(long, default_value = "auto", value_parser = parse_device)]
     pub device: Device,
     /// Seed of every random draw (initial weights, batch order, dropout, jitter).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 0)]
     pub seed: i64,
     /// Train on the first N training samples only.
     #[arg(long, allow_negative_numbers = true, value_name = "N", value_parser = clap::value_parser!(i64).range(1..))]
@@ -196,6 +196,9 @@ pub struct ExportArgs {
     /// Model spec, needed only for checkpoints that do not record theirs.
     #[arg(long, value_name = "SPEC")]
     pub model_spec: Option<ModelSpec>,
+    /// Overwrite an existing export of the same name.
+    #[arg(long)]
+    pub force: bool,
 }
 
 impl Command {

@@ -3,13 +3,13 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, ensure};
+use anyhow::{Context, Result, anyhow, ensure};
 use serde::Serialize;
-use tch::{CModule, Device, Kind};
+use tch::{CModule, Device, Kind, Tensor};
 
 use crate::checkpoint;
 use crate::cli::{CommonArgs, DistillArgs, EvalArgs, ExportArgs, RunArgs, TeacherArgs};
-use crate::data::{CLASSES, IMAGE_PIXELS, Mnist, load_mnist};
+use crate::data::{CLASSES, IMAGE_PIXELS, Mnist, Split, load_mnist, load_test_split};
 use crate::export::export_torchscript;
 use crate::models::{Model, ModelSpec};
 use crate::report::{RunDir, SummaryRow, status, table};
@@ -19,42 +19,53 @@ use crate::train::{
 };
 
 /// Everything a run folder's `config.json` records.
-#[derive(Debug, Serialize)]
-struct RunConfig<'a> {
-    kd_version: &'a str,
-    command: &'a str,
-    data: &'a Path,
+#[derive(Debug, Default, Serialize)]
+struct RunConfig {
+    kd_version: String,
+    command: String,
+    data: PathBuf,
     device: String,
-    train_limit: Option<i64>,
+    train_samples: i64,
+    seed: i64,
     teacher_model: String,
-    teacher_checkpoint: Option<&'a Path>,
+    teacher_checkpoint: Option<PathBuf>,
     student_model: Option<String>,
-    teacher: Option<&'a PhaseConfig>,
-    student: Option<&'a PhaseConfig>,
-    distill: Option<&'a DistillConfig>,
+    teacher: Option<PhaseConfig>,
+    student: Option<PhaseConfig>,
+    distill: Option<DistillConfig>,
+}
+
+impl RunConfig {
+    /// The settings every command shares, as resolved (the training samples actually used).
+    fn new(command: &str, common: &CommonArgs, data: &Mnist) -> RunConfig {
+        RunConfig {
+            kd_version: env!("CARGO_PKG_VERSION").to_string(),
+            command: command.to_string(),
+            data: common.data.clone(),
+            device: device_name(common.device),
+            train_samples: data.train.len(),
+            seed: common.seed,
+            ..Default::default()
+        }
+    }
 }
 
 /// `kd run`: teacher, baseline and distilled student, then the student's TorchScript export.
 pub fn run(args: &RunArgs) -> Result<()> {
     let common = &args.common;
-    let mut dir = RunDir::create(&run_folder(common, "run"), common.force)?;
+    let data = load_data(common)?;
     let teacher_config = args.optim.phase(args.teacher_epochs, args.jitter, common.seed);
     let student_config = args.optim.phase(args.student_epochs, args.student_jitter, common.seed);
     let kd = args.kd.config();
+    let mut dir = RunDir::create(&run_folder(common, "run"), common.force)?;
     dir.write_config(&RunConfig {
-        kd_version: env!("CARGO_PKG_VERSION"),
-        command: "run",
-        data: &common.data,
-        device: format!("{:?}", common.device),
-        train_limit: common.train_limit,
         teacher_model: args.teacher_model.to_string(),
-        teacher_checkpoint: None,
         student_model: Some(args.student_model.to_string()),
-        teacher: Some(&teacher_config),
-        student: Some(&student_config),
-        distill: Some(&kd),
+        teacher: Some(teacher_config.clone()),
+        student: Some(student_config.clone()),
+        distill: Some(kd),
+        ..RunConfig::new("run", common, &data)
     })?;
-    let data = load_data(common)?;
 
     let teacher = new_model(&args.teacher_model, common, Phase::Teacher);
     let records = train_teacher(&teacher, &data, &teacher_config, &mut |r| dir.record_epoch(r))?;
@@ -80,22 +91,14 @@ pub fn run(args: &RunArgs) -> Result<()> {
 /// `kd teacher`: teacher pretraining alone.
 pub fn teacher(args: &TeacherArgs) -> Result<()> {
     let common = &args.common;
-    let mut dir = RunDir::create(&run_folder(common, "teacher"), common.force)?;
-    let config = args.optim.phase(args.epochs, args.jitter, common.seed);
-    dir.write_config(&RunConfig {
-        kd_version: env!("CARGO_PKG_VERSION"),
-        command: "teacher",
-        data: &common.data,
-        device: format!("{:?}", common.device),
-        train_limit: common.train_limit,
-        teacher_model: args.teacher_model.to_string(),
-        teacher_checkpoint: None,
-        student_model: None,
-        teacher: Some(&config),
-        student: None,
-        distill: None,
-    })?;
     let data = load_data(common)?;
+    let config = args.optim.phase(args.epochs, args.jitter, common.seed);
+    let mut dir = RunDir::create(&run_folder(common, "teacher"), common.force)?;
+    dir.write_config(&RunConfig {
+        teacher_model: args.teacher_model.to_string(),
+        teacher: Some(config.clone()),
+        ..RunConfig::new("teacher", common, &data)
+    })?;
 
     let teacher = new_model(&args.teacher_model, common, Phase::Teacher);
     let records = train_teacher(&teacher, &data, &config, &mut |r| dir.record_epoch(r))?;
@@ -114,23 +117,18 @@ pub fn distill_command(args: &DistillArgs) -> Result<()> {
         "the teacher has {} classes but the student {CLASSES} (MNIST's digits)",
         teacher.classes
     );
-    let mut dir = RunDir::create(&run_folder(common, "distill"), common.force)?;
+    let data = load_data(common)?;
     let config = args.optim.phase(args.epochs, args.jitter, common.seed);
     let kd = args.kd.config();
+    let mut dir = RunDir::create(&run_folder(common, "distill"), common.force)?;
     dir.write_config(&RunConfig {
-        kd_version: env!("CARGO_PKG_VERSION"),
-        command: "distill",
-        data: &common.data,
-        device: format!("{:?}", common.device),
-        train_limit: common.train_limit,
         teacher_model: teacher.spec.to_string(),
-        teacher_checkpoint: Some(&args.teacher),
+        teacher_checkpoint: Some(args.teacher.clone()),
         student_model: Some(args.student_model.to_string()),
-        teacher: None,
-        student: Some(&config),
-        distill: Some(&kd),
+        student: Some(config.clone()),
+        distill: Some(kd),
+        ..RunConfig::new("distill", common, &data)
     })?;
-    let data = load_data(common)?;
     let mut rows = vec![teacher_row(&teacher, &data)];
 
     if args.baseline {
@@ -151,29 +149,18 @@ pub fn distill_command(args: &DistillArgs) -> Result<()> {
 
 /// `kd eval`: test-set figures of a checkpoint or a TorchScript file, per class too.
 pub fn eval(args: &EvalArgs) -> Result<()> {
-    let data = load_mnist(&args.data, args.device, None)?;
+    let test = load_test_split(&args.data, args.device)?;
     let (name, logits) = if is_torchscript(&args.model) {
-        let module = CModule::load_on_device(&args.model, args.device)
-            .with_context(|| format!("{} is not a TorchScript model", args.model.display()))?;
-        let logits = tch::no_grad(|| module.forward_ts(&[&data.test.images]))
-            .with_context(|| format!("{} failed on a [10000, 784] batch", args.model.display()))?;
-        ensure!(
-            logits.size() == [data.test.len(), CLASSES],
-            "{} returned shape {:?}, expected [{}, {CLASSES}]",
-            args.model.display(),
-            logits.size(),
-            data.test.len()
-        );
-        ("TorchScript".to_string(), logits.to_kind(Kind::Float))
+        ("TorchScript".to_string(), torchscript_logits(&args.model, &test, args.device)?)
     } else {
         let model = checkpoint::load(&args.model, args.device, args.model_spec.as_ref())?;
-        (model.spec.to_string(), crate::train::predict(&model, &data.test.images))
+        (model.spec.to_string(), crate::train::predict(&model, &test.images))
     };
 
-    let eval = evaluation_from_logits(&logits, &data.test.labels, None);
+    let eval = evaluation_from_logits(&logits, &test.labels, None);
     println!("model      {} ({name})", args.model.display());
     println!("test acc   {:.2}%", 100.0 * eval.accuracy);
-    println!("errors     {} of {}", eval.errors, data.test.len());
+    println!("errors     {} of {}", eval.errors, test.len());
     println!("test loss  {:.4}", eval.loss);
     println!("errors per class:");
     for (class, errors) in eval.class_errors.iter().enumerate() {
@@ -193,6 +180,11 @@ pub fn export(args: &ExportArgs) -> Result<()> {
         .with_context(|| format!("cannot create {}", folder.display()))?;
     let stem = args.model.file_stem().context("the checkpoint path has no file name")?;
     let path = folder.join(stem).with_extension("pt");
+    ensure!(
+        args.force || !path.exists(),
+        "{} exists; pass --force to overwrite it or choose another --out",
+        path.display()
+    );
     export_torchscript(&mut model, &path, &args.model.display().to_string())?;
     println!("{}", path.display());
     Ok(())
@@ -201,11 +193,11 @@ pub fn export(args: &ExportArgs) -> Result<()> {
 fn load_data(common: &CommonArgs) -> Result<Mnist> {
     let data = load_mnist(&common.data, common.device, common.train_limit)?;
     status(&format!(
-        "data: {} training and {} test images of {IMAGE_PIXELS} pixels from {} on {:?}, seed {}",
+        "data: {} training and {} test images of {IMAGE_PIXELS} pixels from {} on {}, seed {}",
         data.train.len(),
         data.test.len(),
         common.data.display(),
-        common.device,
+        device_name(common.device),
         common.seed
     ));
     Ok(data)
@@ -273,6 +265,44 @@ fn run_folder(common: &CommonArgs, command: &str) -> PathBuf {
         let time = chrono::Local::now().format("%Y%m%d-%H%M%S");
         PathBuf::from("runs").join(format!("{command}-{time}"))
     })
+}
+
+/// Logits of a TorchScript model for the test split, checked to be `[n, classes]`.
+fn torchscript_logits(path: &Path, test: &Split, device: Device) -> Result<Tensor> {
+    ensure!(path.is_file(), "{} does not exist", path.display());
+    let module = CModule::load_on_device(path, device).map_err(|e| {
+        anyhow!("{} is not a TorchScript model: {}", path.display(), torch_message(&e))
+    })?;
+    let logits = tch::no_grad(|| module.forward_ts(&[&test.images])).map_err(|e| {
+        anyhow!("{} failed on a [n, 784] batch: {}", path.display(), torch_message(&e))
+    })?;
+    ensure!(
+        logits.size() == [test.len(), CLASSES],
+        "{} returned shape {:?}, expected [{}, {CLASSES}]",
+        path.display(),
+        logits.size(),
+        test.len()
+    );
+    Ok(logits.to_kind(Kind::Float))
+}
+
+/// The first line of a libtorch error, without the C++ stack trace that follows it.
+fn torch_message(error: &tch::TchError) -> String {
+    let text = error.to_string();
+    let text = text.split("Exception raised from").next().unwrap_or_default();
+    text.lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or("unknown libtorch error")
+        .to_string()
+}
+
+fn device_name(device: Device) -> String {
+    match device {
+        Device::Cpu => "cpu".to_string(),
+        Device::Cuda(index) => format!("cuda:{index}"),
+        other => format!("{other:?}").to_lowercase(),
+    }
 }
 
 fn is_torchscript(path: &Path) -> bool {

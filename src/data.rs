@@ -73,14 +73,19 @@ pub struct Idx {
 /// Loads MNIST from `dir` onto `device`, keeping the first `train_limit` training samples when
 /// given. The four files may be raw or `.gz`, in either spelling.
 pub fn load_mnist(dir: &Path, device: Device, train_limit: Option<i64>) -> Result<Mnist> {
-    ensure!(dir.is_dir(), "data folder {} does not exist (run scripts/setup.sh)", dir.display());
+    let test = load_test_split(dir, device)?;
     let train = load_split(dir, "train", device)?;
-    let test = load_split(dir, "t10k", device)?;
     let train = match train_limit {
         Some(n) => train.take(n),
         None => train,
     };
     Ok(Mnist { train, test })
+}
+
+/// Loads the MNIST test split alone from `dir` onto `device`.
+pub fn load_test_split(dir: &Path, device: Device) -> Result<Split> {
+    ensure!(dir.is_dir(), "data folder {} does not exist (run scripts/setup.sh)", dir.display());
+    load_split(dir, "t10k", device)
 }
 
 fn load_split(dir: &Path, prefix: &str, device: Device) -> Result<Split> {
@@ -120,7 +125,7 @@ pub fn find_idx_file(dir: &Path, stem: &str, kind: &str) -> Result<PathBuf> {
         names.iter().flat_map(|name| [dir.join(name), dir.join(format!("{name}.gz"))]).collect();
     candidates.iter().find(|p| p.is_file()).cloned().with_context(|| {
         format!(
-            "no {stem} file in {}: looked for {} (run scripts/setup.sh to fetch MNIST)",
+            "no {stem} file in {}: looked for {}, raw or with .gz (run scripts/setup.sh to fetch MNIST)",
             dir.display(),
             names.join(" or ")
         )

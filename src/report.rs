@@ -49,6 +49,19 @@ pub struct SummaryRow {
     pub seconds: f64,
 }
 
+/// The files a run writes. `--force` removes them before a new run starts in the same folder,
+/// so nothing of the old run is left to be mistaken for the new one's.
+const RUN_FILES: [&str; 8] = [
+    "config.json",
+    "metrics.csv",
+    "summary.csv",
+    "teacher.safetensors",
+    "baseline.safetensors",
+    "student.safetensors",
+    "student.pt",
+    "student.json",
+];
+
 /// A run folder being written.
 pub struct RunDir {
     pub path: PathBuf,
@@ -67,6 +80,13 @@ impl RunDir {
         }
         fs::create_dir_all(path)
             .with_context(|| format!("cannot create run folder {}", path.display()))?;
+        for name in RUN_FILES.iter().filter(|_| force) {
+            let old = path.join(name);
+            if old.exists() {
+                fs::remove_file(&old)
+                    .with_context(|| format!("cannot remove {}", old.display()))?;
+            }
+        }
         let metrics_path = path.join("metrics.csv");
         let metrics = csv::Writer::from_path(&metrics_path)
             .with_context(|| format!("cannot write {}", metrics_path.display()))?;
@@ -130,14 +150,15 @@ pub fn epoch_line(r: &EpochRecord) -> String {
 
 /// The closing table: one line per trained model.
 pub fn table(rows: &[SummaryRow]) -> String {
+    let width = rows.iter().map(|r| r.model.len()).max().unwrap_or(0).max(28);
     let mut out = format!(
-        "{:<9} {:<28} {:>9} {:>8} {:>7} {:>10}\n",
+        "{:<9} {:<width$} {:>9} {:>8} {:>7} {:>10}\n",
         "phase", "model", "params", "test acc", "errors", "agreement"
     );
     for r in rows {
         let agreement = r.agreement.map_or("-".to_string(), |a| format!("{:.2}%", 100.0 * a));
         out += &format!(
-            "{:<9} {:<28} {:>9} {:>7.2}% {:>7} {:>10}\n",
+            "{:<9} {:<width$} {:>9} {:>7.2}% {:>7} {:>10}\n",
             r.phase,
             r.model,
             r.params,

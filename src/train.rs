@@ -112,14 +112,39 @@ pub struct EpochRecord {
     pub seconds: f64,
 }
 
-/// Where a distilled student's soft targets come from.
-enum Targets<'a> {
+/// What a model in training is fitted to.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Objective {
     /// Hard labels only (teacher pretraining and the baseline).
     Labels,
-    /// Soft targets from the teacher: its logits for the whole training set computed once
-    /// (`cached`, looked up by sample index) when inputs are not jittered, else the live
-    /// teacher run on the very batch the student sees.
-    Teacher { teacher: &'a Model, cached: Option<Tensor>, config: DistillConfig },
+    /// The distillation loss with these settings.
+    Distill(DistillConfig),
+}
+
+/// One model of a training group. All members of a group see the same batches (and the same
+/// teacher logits); each has its own optimizer.
+pub struct Member<'a> {
+    pub model: &'a Model,
+    pub phase: Phase,
+    pub objective: Objective,
+}
+
+/// The teacher's logits for a batch. When inputs are not jittered they are computed once for
+/// the whole training set and looked up by sample index, so they always belong to the batch's
+/// samples; with jitter the teacher runs on the very batch the students see. Either way one
+/// lookup or forward serves every member of a group.
+struct TeacherSignal<'a> {
+    teacher: &'a Model,
+    cached: Option<Tensor>,
+}
+
+impl TeacherSignal<'_> {
+    fn logits(&self, images: &Tensor, index: &Tensor) -> Tensor {
+        match &self.cached {
+            Some(all) => all.index_select(0, index),
+            None => tch::no_grad(|| self.teacher.forward_t(images, false)),
+        }
+    }
 }
 
 /// Builds `spec` with weights drawn after seeding libtorch's generator with `seed`.
@@ -135,7 +160,8 @@ pub fn train_teacher(
     config: &PhaseConfig,
     on_epoch: &mut dyn FnMut(&EpochRecord) -> Result<()>,
 ) -> Result<Vec<EpochRecord>> {
-    fit(teacher, Phase::Teacher, data, config, &Targets::Labels, None, on_epoch)
+    let member = Member { model: teacher, phase: Phase::Teacher, objective: Objective::Labels };
+    train_one(member, None, data, config, on_epoch)
 }
 
 /// Phase 2: trains the student on hard labels alone, the no-distillation reference. With a
@@ -147,8 +173,8 @@ pub fn train_baseline(
     config: &PhaseConfig,
     on_epoch: &mut dyn FnMut(&EpochRecord) -> Result<()>,
 ) -> Result<Vec<EpochRecord>> {
-    let teacher_test = teacher.map(|t| predict(t, &data.test.images).argmax(-1, false));
-    fit(student, Phase::Baseline, data, config, &Targets::Labels, teacher_test.as_ref(), on_epoch)
+    let member = Member { model: student, phase: Phase::Baseline, objective: Objective::Labels };
+    train_one(member, teacher, data, config, on_epoch)
 }
 
 /// Phase 3: distills `teacher` into `student` with
@@ -161,122 +187,160 @@ pub fn distill(
     distill: &DistillConfig,
     on_epoch: &mut dyn FnMut(&EpochRecord) -> Result<()>,
 ) -> Result<Vec<EpochRecord>> {
-    ensure!(
-        student.classes == teacher.classes,
-        "the teacher has {} classes but the student {}",
-        teacher.classes,
-        student.classes
-    );
-    let cached = (config.jitter == 0).then(|| predict(teacher, &data.train.images));
-    let targets = Targets::Teacher { teacher, cached, config: *distill };
-    let teacher_test = predict(teacher, &data.test.images).argmax(-1, false);
-    fit(student, Phase::Student, data, config, &targets, Some(&teacher_test), on_epoch)
+    let objective = Objective::Distill(*distill);
+    let member = Member { model: student, phase: Phase::Student, objective };
+    train_one(member, Some(teacher), data, config, on_epoch)
 }
 
-fn fit(
-    model: &Model,
-    phase: Phase,
+fn train_one(
+    member: Member,
+    teacher: Option<&Model>,
     data: &Mnist,
     config: &PhaseConfig,
-    targets: &Targets,
-    teacher_test: Option<&Tensor>,
     on_epoch: &mut dyn FnMut(&EpochRecord) -> Result<()>,
 ) -> Result<Vec<EpochRecord>> {
+    let mut records = train_group(&[member], teacher, data, config, &mut |_, r| on_epoch(r))?;
+    Ok(records.remove(0))
+}
+
+/// Trains `members` together: libtorch's generator is seeded with `config.seed`, then every
+/// epoch draws one batch order (and, with jitter, one shift per image) that all members share.
+/// A group of one gives the same numbers as training that model alone; with several members
+/// whose models use dropout, the dropout draws interleave and the numbers differ.
+///
+/// With a `teacher`, each epoch reports every member's agreement with it. `on_epoch` gets the
+/// member's position and its epoch record. Returns the records of each member.
+pub fn train_group(
+    members: &[Member],
+    teacher: Option<&Model>,
+    data: &Mnist,
+    config: &PhaseConfig,
+    on_epoch: &mut dyn FnMut(usize, &EpochRecord) -> Result<()>,
+) -> Result<Vec<Vec<EpochRecord>>> {
     ensure!(!data.train.is_empty(), "the training set is empty");
+    let distills = members.iter().any(|m| matches!(m.objective, Objective::Distill(_)));
+    ensure!(teacher.is_some() || !distills, "distillation needs a teacher");
+    if let Some(teacher) = teacher {
+        for member in members {
+            ensure!(
+                member.model.classes == teacher.classes,
+                "the teacher has {} classes but the student {}",
+                teacher.classes,
+                member.model.classes
+            );
+        }
+    }
+    let signal = teacher.filter(|_| distills).map(|teacher| TeacherSignal {
+        teacher,
+        cached: (config.jitter == 0).then(|| predict(teacher, &data.train.images)),
+    });
+    let teacher_test = teacher.map(|t| predict(t, &data.test.images).argmax(-1, false));
+
     tch::manual_seed(config.seed);
-    let mut optimizer =
-        nn::Sgd { momentum: config.momentum, wd: config.weight_decay, ..Default::default() }
-            .build(&model.vs, config.lr)?;
+    let mut optimizers = members
+        .iter()
+        .map(|m| {
+            nn::Sgd { momentum: config.momentum, wd: config.weight_decay, ..Default::default() }
+                .build(&m.model.vs, config.lr)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let steps_per_epoch = (data.train.len() + config.batch_size - 1) / config.batch_size;
-    let mut records = vec![];
+    let mut records = vec![vec![]; members.len()];
 
     for epoch in 1..=config.epochs {
-        let start = Instant::now();
         let first_step = (epoch - 1) * steps_per_epoch;
-        let train_loss = train_epoch(model, &mut optimizer, data, config, targets, first_step)?;
-        ensure!(
-            train_loss.is_finite(),
-            "{} phase, epoch {epoch}: the training loss became {train_loss}; try a lower --lr",
-            phase.name()
-        );
-
-        let eval = evaluate(model, &data.test, teacher_test);
-        let record = EpochRecord {
-            phase,
-            epoch,
-            train_loss,
-            test_loss: eval.loss,
-            test_acc: eval.accuracy,
-            test_errors: eval.errors,
-            agreement: eval.agreement,
-            lr: config.schedule.lr(
-                config.lr,
-                first_step + steps_per_epoch - 1,
-                steps_per_epoch * config.epochs,
-            ),
-            seconds: start.elapsed().as_secs_f64(),
-        };
-        on_epoch(&record)?;
-        records.push(record);
+        let losses =
+            train_epoch(members, &mut optimizers, signal.as_ref(), data, config, first_step);
+        for (k, member) in members.iter().enumerate() {
+            let (train_loss, train_seconds) = losses[k];
+            ensure!(
+                train_loss.is_finite(),
+                "{} phase, epoch {epoch}: the training loss became {train_loss}; try a lower --lr",
+                member.phase.name()
+            );
+            let start = Instant::now();
+            let eval = evaluate(member.model, &data.test, teacher_test.as_ref());
+            let last_step = first_step + steps_per_epoch - 1;
+            let record = EpochRecord {
+                phase: member.phase,
+                epoch,
+                train_loss,
+                test_loss: eval.loss,
+                test_acc: eval.accuracy,
+                test_errors: eval.errors,
+                agreement: eval.agreement,
+                lr: config.schedule.lr(config.lr, last_step, steps_per_epoch * config.epochs),
+                seconds: train_seconds + start.elapsed().as_secs_f64(),
+            };
+            on_epoch(k, &record)?;
+            records[k].push(record);
+        }
     }
     Ok(records)
 }
 
-/// One pass over the training set; returns the mean training loss.
+/// One pass over the training set for every member; returns each member's mean training loss
+/// and its seconds (its own steps plus an equal share of the work the group shares).
 fn train_epoch(
-    model: &Model,
-    optimizer: &mut nn::Optimizer,
+    members: &[Member],
+    optimizers: &mut [nn::Optimizer],
+    signal: Option<&TeacherSignal>,
     data: &Mnist,
     config: &PhaseConfig,
-    targets: &Targets,
     first_step: i64,
-) -> Result<f64> {
+) -> Vec<(f64, f64)> {
     let n = data.train.len();
-    let batches = epoch_batches(n, config.batch_size, model.device());
+    let device = members[0].model.device();
+    let batches = epoch_batches(n, config.batch_size, device);
     let total_steps = config.epochs * batches.len() as i64;
     let progress = progress_bar(batches.len() as u64);
-    // Summed as a tensor so the device never waits on the host inside the epoch.
-    let mut loss_sum = Tensor::zeros([], (Kind::Float, model.device()));
+    // Summed as tensors so the device never waits on the host inside the epoch.
+    let mut loss_sums: Vec<Tensor> =
+        members.iter().map(|_| Tensor::zeros([], (Kind::Float, device))).collect();
+    let mut own_seconds = vec![0.0; members.len()];
+    let mut shared_seconds = 0.0;
 
-    for (i, index) in batches.iter().enumerate() {
-        optimizer.set_lr(config.schedule.lr(config.lr, first_step + i as i64, total_steps));
+    for (step, index) in batches.iter().enumerate() {
+        let shared_start = Instant::now();
+        let lr = config.schedule.lr(config.lr, first_step + step as i64, total_steps);
         let (images, labels) = data.train.batch(index);
         let images = jitter(&images, config.jitter);
+        let teacher_logits = signal.map(|s| s.logits(&images, index));
+        shared_seconds += shared_start.elapsed().as_secs_f64();
 
-        let logits = model.forward_t(&images, true);
-        let loss = batch_loss(targets, &logits, &images, &labels, index);
-        optimizer.backward_step(&loss);
-        model.apply_constraints();
-
-        loss_sum += loss.detach() * index.size()[0] as f64;
+        for (k, (member, optimizer)) in members.iter().zip(optimizers.iter_mut()).enumerate() {
+            let start = Instant::now();
+            optimizer.set_lr(lr);
+            let logits = member.model.forward_t(&images, true);
+            let loss = member_loss(member.objective, &logits, teacher_logits.as_ref(), &labels);
+            optimizer.backward_step(&loss);
+            member.model.apply_constraints();
+            loss_sums[k] += loss.detach() * index.size()[0] as f64;
+            own_seconds[k] += start.elapsed().as_secs_f64();
+        }
         progress.inc(1);
     }
     progress.finish_and_clear();
-    Ok(loss_sum.double_value(&[]) / n as f64)
+    let share = shared_seconds / members.len() as f64;
+    loss_sums
+        .iter()
+        .zip(own_seconds)
+        .map(|(sum, own)| (sum.double_value(&[]) / n as f64, own + share))
+        .collect()
 }
 
-fn batch_loss(
-    targets: &Targets,
+fn member_loss(
+    objective: Objective,
     logits: &Tensor,
-    images: &Tensor,
+    teacher: Option<&Tensor>,
     labels: &Tensor,
-    index: &Tensor,
 ) -> Tensor {
-    match targets {
-        Targets::Labels => cross_entropy(logits, labels),
-        Targets::Teacher { teacher, cached, config } => {
-            let teacher_logits = match cached {
-                Some(all) => all.index_select(0, index),
-                None => tch::no_grad(|| teacher.forward_t(images, false)),
-            };
-            distillation_loss(
-                logits,
-                &teacher_logits,
-                labels,
-                config.temperature,
-                config.alpha,
-                config.kd_loss,
-            )
+    match objective {
+        Objective::Labels => cross_entropy(logits, labels),
+        Objective::Distill(c) => {
+            let teacher =
+                teacher.expect("train_group computes teacher logits when a member distills");
+            distillation_loss(logits, teacher, labels, c.temperature, c.alpha, c.kd_loss)
         }
     }
 }
@@ -314,7 +378,7 @@ pub fn evaluation_from_logits(
 
     Evaluation {
         loss: cross_entropy(logits, labels).double_value(&[]),
-        accuracy: 1.0 - errors as f64 / n as f64,
+        accuracy: (n - errors) as f64 / n as f64,
         errors,
         agreement: teacher_classes.map(|t| {
             predicted.eq_tensor(t).to_kind(Kind::Double).mean(Kind::Double).double_value(&[])
@@ -341,31 +405,23 @@ mod tests {
     use crate::data::{CLASSES, IMAGE_PIXELS};
 
     /// Regression test for cached teacher logits paired with the wrong samples: the cached
-    /// lookup and the live teacher must give the same loss for a shuffled batch.
+    /// lookup must give the live teacher's logits for a shuffled batch.
     #[test]
     fn cached_teacher_logits_belong_to_the_batch_samples() {
         tch::manual_seed(1);
         let teacher = Model::new(&"mlp:16".parse().unwrap(), CLASSES, tch::Device::Cpu);
         let images = Tensor::rand([50, IMAGE_PIXELS], (Kind::Float, tch::Device::Cpu));
-        let labels = Tensor::randint(CLASSES, [50], (Kind::Int64, tch::Device::Cpu));
-        let config = DistillConfig { temperature: 3.0, alpha: 1.0, kd_loss: KdLoss::Kl };
-        let cached = Targets::Teacher {
-            teacher: &teacher,
-            cached: Some(predict(&teacher, &images)),
-            config,
-        };
-        let live = Targets::Teacher { teacher: &teacher, cached: None, config };
+        let cached = TeacherSignal { teacher: &teacher, cached: Some(predict(&teacher, &images)) };
+        let live = TeacherSignal { teacher: &teacher, cached: None };
 
         let index = Tensor::from_slice(&[42i64, 3, 17, 9, 30]);
-        let (batch, batch_labels) =
-            (images.index_select(0, &index), labels.index_select(0, &index));
-        let student = Tensor::rand([5, CLASSES], (Kind::Float, tch::Device::Cpu));
-        let from_cache =
-            batch_loss(&cached, &student, &batch, &batch_labels, &index).double_value(&[]);
-        let from_teacher =
-            batch_loss(&live, &student, &batch, &batch_labels, &index).double_value(&[]);
-        assert!((from_cache - from_teacher).abs() < 1e-6, "{from_cache} vs {from_teacher}");
-        assert!(from_cache > 0.0);
+        let batch = images.index_select(0, &index);
+        let (from_cache, from_teacher) =
+            (cached.logits(&batch, &index), live.logits(&batch, &index));
+        let difference = (&from_cache - &from_teacher).abs().max().double_value(&[]);
+        assert!(difference < 1e-6, "cached and live logits differ by {difference}");
+        let unshuffled = cached.logits(&batch, &Tensor::arange(5, (Kind::Int64, tch::Device::Cpu)));
+        assert!((&unshuffled - &from_teacher).abs().max().double_value(&[]) > 1e-3);
     }
 
     #[test]

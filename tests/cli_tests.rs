@@ -105,6 +105,8 @@ fn the_main_job_writes_its_results_and_a_torchscript_student_equal_to_the_rust_o
         serde_json::from_slice(&std::fs::read(out.join("config.json")).unwrap()).unwrap();
     assert_eq!(config["distill"]["temperature"], 4.0);
     assert_eq!(config["student_model"], "mlp:64");
+    assert_eq!(config["train_samples"], 3000);
+    assert_eq!(config["device"], "cpu");
 
     // The TorchScript student, run by plain PyTorch on 500 real test images.
     let student = checkpoint::load(&out.join("student.safetensors"), Device::Cpu, None).unwrap();
@@ -251,6 +253,51 @@ fn distill_and_eval_work_from_a_teacher_checkpoint() {
         kd(&["export", "--model", teacher.to_str().unwrap(), "--out", exported.to_str().unwrap()]);
     assert!(output.status.success(), "{}", text(&output.stderr));
     assert!(exported.join("teacher.pt").exists() && exported.join("teacher.json").exists());
+    let again =
+        kd(&["export", "--model", teacher.to_str().unwrap(), "--out", exported.to_str().unwrap()]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(text(&again.stderr).contains("pass --force to overwrite"), "{}", text(&again.stderr));
+
+    // --force replaces a run folder's files: the old baseline does not survive a run without one.
+    let output = kd(&[
+        "distill",
+        "--data",
+        data,
+        "--teacher",
+        teacher.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--device",
+        "cpu",
+        "--train-limit",
+        "2000",
+        "--student-model",
+        "mlp:32",
+        "--epochs",
+        "1",
+        "--force",
+        "--quiet",
+    ]);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    assert!(!out.join("baseline.safetensors").exists());
+
+    // A forced run that fails on its input leaves the finished run as it was.
+    let metrics = std::fs::read(out.join("metrics.csv")).unwrap();
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let output = kd(&[
+        "distill",
+        "--data",
+        empty.to_str().unwrap(),
+        "--teacher",
+        teacher.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--force",
+    ]);
+    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(std::fs::read(out.join("metrics.csv")).unwrap(), metrics);
+    assert!(out.join("summary.csv").exists() && out.join("student.pt").exists());
 }
 
 /// Runs kd and returns its exit code and stderr.
@@ -304,7 +351,7 @@ fn bad_files_get_clear_errors_and_exit_1() {
                 "--out".into(),
                 out("r1"),
             ],
-            "no train-images file",
+            "no t10k-images file",
         ),
         (
             vec![
@@ -338,6 +385,10 @@ fn bad_files_get_clear_errors_and_exit_1() {
             ],
             "is not a TorchScript model",
         ),
+        (
+            vec!["eval".into(), "--model".into(), out("absent.pt"), "--data".into(), data.into()],
+            "absent.pt does not exist",
+        ),
     ];
     std::fs::write(blocker.with_extension("pt"), "not torchscript").unwrap();
     let five_classes = dir.path().join("five.safetensors");
@@ -363,7 +414,10 @@ fn bad_files_get_clear_errors_and_exit_1() {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let (code, stderr) = failure(&args);
         assert_eq!(code, Some(1), "{args:?}: {stderr}");
-        assert!(stderr.starts_with("error: ") && stderr.contains(message), "{args:?}: {stderr}");
+        let error = &stderr[stderr.find("error: ").expect("an error line")..];
+        assert!(error.contains(message), "{args:?}: {stderr}");
+        // One paragraph: no libtorch stack trace after the message.
+        assert_eq!(error.trim_end().lines().count(), 1, "{args:?}: {stderr}");
     }
 }
 

@@ -164,10 +164,7 @@ fn a_corrupt_gzip_is_an_error_naming_it() {
 fn missing_or_empty_folders_are_errors() {
     let dir = tempfile::tempdir().unwrap();
     let error = load_error(dir.path());
-    assert!(
-        error.contains("no train-images file") && error.contains("scripts/setup.sh"),
-        "{error}"
-    );
+    assert!(error.contains("no t10k-images file") && error.contains("scripts/setup.sh"), "{error}");
     let error = load_error(&dir.path().join("absent"));
     assert!(error.contains("does not exist"), "{error}");
 }
