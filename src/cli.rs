@@ -33,6 +33,9 @@ pub enum Command {
     Eval(EvalArgs),
     /// Export a checkpoint as TorchScript (.pt) with a JSON card beside it.
     Export(ExportArgs),
+    /// Distill one teacher at every combination of temperatures, alphas and seeds (plus a
+    /// baseline per seed), sharing the teacher's work; resumable and splittable into shards.
+    Sweep(SweepArgs),
 }
 
 /// Options every training command takes.
@@ -59,6 +62,9 @@ pub struct CommonArgs {
     /// No progress bars and no per-epoch lines on stderr.
     #[arg(long)]
     pub quiet: bool,
+    /// Do not draw the PNG plots (scripts/plot.py) at the end.
+    #[arg(long)]
+    pub no_plot: bool,
 }
 
 /// Optimiser options, shared by all phases of a command.
@@ -201,6 +207,78 @@ pub struct ExportArgs {
     pub force: bool,
 }
 
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct SweepArgs {
+    #[command(subcommand)]
+    pub action: Option<SweepAction>,
+    #[command(flatten)]
+    pub common: CommonArgs,
+    #[command(flatten)]
+    pub optim: OptimArgs,
+    /// Teacher checkpoint (.safetensors written by kd teacher or kd run).
+    #[arg(long, value_name = "PATH", required = true)]
+    pub teacher: Option<PathBuf>,
+    /// Teacher spec, needed only for checkpoints that do not record theirs.
+    #[arg(long, value_name = "SPEC")]
+    pub teacher_model: Option<ModelSpec>,
+    /// Student model spec.
+    #[arg(long, value_name = "SPEC", default_value = "mlp:800x800")]
+    pub student_model: ModelSpec,
+    /// Temperatures, comma-separated.
+    #[arg(long, value_name = "T,...", value_delimiter = ',', default_value = "1,2,4,8,20", allow_negative_numbers = true, value_parser = positive)]
+    pub temperature: Vec<f64>,
+    /// Alphas (weights of the soft term), comma-separated.
+    #[arg(long, value_name = "A,...", value_delimiter = ',', default_value = "0.1,0.5,0.9", allow_negative_numbers = true, value_parser = unit_interval)]
+    pub alpha: Vec<f64>,
+    /// Seeds, comma-separated [default: the value of --seed].
+    #[arg(
+        long,
+        value_name = "S,...",
+        value_delimiter = ',',
+        allow_negative_numbers = true,
+        conflicts_with = "seed"
+    )]
+    pub seeds: Vec<i64>,
+    /// Soft term: kl or soft-ce.
+    #[arg(long, value_name = "LOSS", default_value = "kl", value_parser = parse_kd_loss)]
+    pub kd_loss: KdLoss,
+    /// Epochs per point.
+    #[arg(long, allow_negative_numbers = true, value_name = "N", default_value_t = 6, value_parser = clap::value_parser!(i64).range(1..))]
+    pub epochs: i64,
+    /// Random shift of up to PIXELS of the students' training images.
+    #[arg(long, allow_negative_numbers = true, value_name = "PIXELS", default_value_t = 0, value_parser = clap::value_parser!(i64).range(0..=8))]
+    pub jitter: i64,
+    /// Skip the baseline (the student trained on labels alone) of each seed.
+    #[arg(long)]
+    pub no_baseline: bool,
+    /// Run only the I-th of N disjoint parts of the grid (I from 1 to N).
+    #[arg(long, value_name = "I/N", value_parser = parse_shard)]
+    pub shard: Option<[usize; 2]>,
+    /// Most points trained together in one pass over the data.
+    #[arg(long, value_name = "N", default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..))]
+    pub group_size: u64,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SweepAction {
+    /// Join the shard folders of one sweep into one sweep folder.
+    Merge(MergeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct MergeArgs {
+    /// The shard folders (each written by kd sweep --shard I/N).
+    #[arg(value_name = "PART_DIR", required = true)]
+    pub parts: Vec<PathBuf>,
+    /// The merged sweep folder.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Do not draw the PNG plots at the end.
+    #[arg(long)]
+    pub no_plot: bool,
+}
+
 impl Command {
     /// The options shared by training commands, for those that take them.
     pub fn common(&self) -> Option<&CommonArgs> {
@@ -208,6 +286,7 @@ impl Command {
             Command::Run(args) => Some(&args.common),
             Command::Teacher(args) => Some(&args.common),
             Command::Distill(args) => Some(&args.common),
+            Command::Sweep(args) => Some(&args.common),
             Command::Eval(_) | Command::Export(_) => None,
         }
     }
@@ -252,6 +331,15 @@ pub fn parse_device(text: &str) -> Result<Device> {
             Some(Ok(index)) => cuda(index),
             _ => bail!("expected auto, cpu, cuda or cuda:N"),
         },
+    }
+}
+
+/// `I/N` with 1 <= I <= N.
+fn parse_shard(text: &str) -> Result<[usize; 2]> {
+    let parsed = text.split_once('/').map(|(i, n)| (i.parse::<usize>(), n.parse::<usize>()));
+    match parsed {
+        Some((Ok(index), Ok(count))) if (1..=count).contains(&index) => Ok([index, count]),
+        _ => bail!("expected I/N with 1 <= I <= N, like 2/4"),
     }
 }
 

@@ -2,17 +2,21 @@
 //! results in a run folder (see [`crate::report`]).
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use anyhow::{Context, Result, anyhow, ensure};
 use serde::Serialize;
 use tch::{CModule, Device, Kind, Tensor};
 
 use crate::checkpoint;
-use crate::cli::{CommonArgs, DistillArgs, EvalArgs, ExportArgs, RunArgs, TeacherArgs};
+use crate::cli::{
+    CommonArgs, DistillArgs, EvalArgs, ExportArgs, RunArgs, SweepAction, SweepArgs, TeacherArgs,
+};
 use crate::data::{CLASSES, IMAGE_PIXELS, Mnist, Split, load_mnist, load_test_split};
 use crate::export::export_torchscript;
 use crate::models::{Model, ModelSpec};
 use crate::report::{RunDir, SummaryRow, status, table};
+use crate::sweep::{self, SweepConfig};
 use crate::train::{
     DistillConfig, EpochRecord, Phase, PhaseConfig, distill, evaluation_from_logits, seeded_model,
     train_baseline, train_teacher,
@@ -85,7 +89,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
     rows.push(summary_row(Phase::Student, &student, &records, Some(&kd)));
     save_student(&mut student, &dir)?;
 
-    finish(&dir, &rows)
+    finish(&dir, &rows, common)
 }
 
 /// `kd teacher`: teacher pretraining alone.
@@ -103,7 +107,7 @@ pub fn teacher(args: &TeacherArgs) -> Result<()> {
     let teacher = new_model(&args.teacher_model, common, Phase::Teacher);
     let records = train_teacher(&teacher, &data, &config, &mut |r| dir.record_epoch(r))?;
     checkpoint::save(&teacher, &dir.file("teacher.safetensors"))?;
-    finish(&dir, &[summary_row(Phase::Teacher, &teacher, &records, None)])
+    finish(&dir, &[summary_row(Phase::Teacher, &teacher, &records, None)], common)
 }
 
 /// `kd distill`: a trained teacher into a new student (and, with `--baseline`, the same student
@@ -112,11 +116,7 @@ pub fn distill_command(args: &DistillArgs) -> Result<()> {
     let common = &args.common;
     let teacher = checkpoint::load(&args.teacher, common.device, args.teacher_model.as_ref())
         .context("cannot load the teacher")?;
-    ensure!(
-        teacher.classes == CLASSES,
-        "the teacher has {} classes but the student {CLASSES} (MNIST's digits)",
-        teacher.classes
-    );
+    check_teacher_classes(&teacher)?;
     let data = load_data(common)?;
     let config = args.optim.phase(args.epochs, args.jitter, common.seed);
     let kd = args.kd.config();
@@ -144,7 +144,50 @@ pub fn distill_command(args: &DistillArgs) -> Result<()> {
     let records = distill(&student, &teacher, &data, &config, &kd, &mut |r| dir.record_epoch(r))?;
     rows.push(summary_row(Phase::Student, &student, &records, Some(&kd)));
     save_student(&mut student, &dir)?;
-    finish(&dir, &rows)
+    finish(&dir, &rows, common)
+}
+
+/// `kd sweep` (and `kd sweep merge`): see [`crate::sweep`].
+pub fn sweep_command(args: &SweepArgs) -> Result<()> {
+    if let Some(SweepAction::Merge(merge)) = &args.action {
+        sweep::merge(&merge.parts, &merge.out)?;
+        if !merge.no_plot {
+            plot(&merge.out);
+        }
+        return Ok(());
+    }
+    let common = &args.common;
+    let teacher_path = args.teacher.as_ref().context("--teacher is required")?;
+    let teacher = checkpoint::load(teacher_path, common.device, args.teacher_model.as_ref())
+        .context("cannot load the teacher")?;
+    check_teacher_classes(&teacher)?;
+    let data = load_data(common)?;
+    let config = SweepConfig {
+        kd_version: env!("CARGO_PKG_VERSION").to_string(),
+        data: common.data.clone(),
+        device: device_name(common.device),
+        train_samples: data.train.len(),
+        teacher_checkpoint: teacher_path.clone(),
+        teacher_model: teacher.spec.to_string(),
+        student_model: args.student_model.to_string(),
+        student: args.optim.phase(args.epochs, args.jitter, common.seed),
+        kd_loss: args.kd_loss,
+        temperatures: args.temperature.clone(),
+        alphas: args.alpha.clone(),
+        seeds: if args.seeds.is_empty() { vec![common.seed] } else { args.seeds.clone() },
+        baseline: !args.no_baseline,
+        shard: args.shard,
+    };
+
+    let out = run_folder(common, "sweep");
+    if common.force {
+        sweep::clear(&out)?;
+    }
+    sweep::run_sweep(&config, &teacher, &data, &out, args.group_size as usize)?;
+    if !common.no_plot {
+        plot(&out);
+    }
+    Ok(())
 }
 
 /// `kd eval`: test-set figures of a checkpoint or a TorchScript file, per class too.
@@ -253,10 +296,13 @@ fn teacher_row(teacher: &Model, data: &Mnist) -> SummaryRow {
     }
 }
 
-fn finish(dir: &RunDir, rows: &[SummaryRow]) -> Result<()> {
+fn finish(dir: &RunDir, rows: &[SummaryRow], common: &CommonArgs) -> Result<()> {
     dir.write_summary(rows)?;
     print!("{}", table(rows));
     status(&format!("results in {}", dir.path.display()));
+    if !common.no_plot {
+        plot(&dir.path);
+    }
     Ok(())
 }
 
@@ -295,6 +341,39 @@ fn torch_message(error: &tch::TchError) -> String {
         .find(|l| !l.is_empty())
         .unwrap_or("unknown libtorch error")
         .to_string()
+}
+
+fn check_teacher_classes(teacher: &Model) -> Result<()> {
+    ensure!(
+        teacher.classes == CLASSES,
+        "the teacher has {} classes but the student {CLASSES} (MNIST's digits)",
+        teacher.classes
+    );
+    Ok(())
+}
+
+/// Draws a run or sweep folder's PNG plots with `scripts/plot.py` and the set-up's Python
+/// (`$KD_PYTHON` overrides it) and prints where they went. Plotting never fails the command:
+/// the results are already saved.
+fn plot(dir: &Path) {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let python =
+        std::env::var_os("KD_PYTHON").map_or_else(|| repo.join(".venv/bin/python"), PathBuf::from);
+    let script = repo.join("scripts/plot.py");
+    if !python.exists() || !script.exists() {
+        eprintln!("plots: skipped ({} or {} is missing)", python.display(), script.display());
+        return;
+    }
+    match Command::new(&python).arg(&script).arg(dir).output() {
+        Ok(output) if output.status.success() => {
+            String::from_utf8_lossy(&output.stdout).lines().for_each(|png| println!("plot: {png}"))
+        }
+        Ok(output) => {
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            eprintln!("warning: plotting failed: {}", stderr.lines().last().unwrap_or_default());
+        }
+        Err(error) => eprintln!("warning: cannot run {}: {error}", python.display()),
+    }
 }
 
 fn device_name(device: Device) -> String {

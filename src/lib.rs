@@ -15,4 +15,5 @@ pub mod export;
 pub mod loss;
 pub mod models;
 pub mod report;
+pub mod sweep;
 pub mod train;

@@ -21,6 +21,7 @@ fn main() -> ExitCode {
         Command::Distill(args) => commands::distill_command(args),
         Command::Eval(args) => commands::eval(args),
         Command::Export(args) => commands::export(args),
+        Command::Sweep(args) => commands::sweep_command(args),
     };
     if let Err(error) = result {
         eprintln!("error: {error:#}");

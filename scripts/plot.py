@@ -1,0 +1,144 @@
+#!/usr/bin/env python3
+"""Draws the PNG plots of a kd run or sweep folder, beside its CSV files.
+
+Usage: plot.py FOLDER
+
+- A sweep folder (with sweep.csv): sweep_accuracy.png, the final test accuracy against the
+  temperature, one line per alpha with error bars of one standard deviation over seeds, and the
+  teacher and the baseline as horizontal lines; and learning_curves.png, the test accuracy per
+  epoch of each (temperature, alpha), averaged over seeds.
+- A run folder (kd run, teacher or distill): learning_curves.png, the test accuracy and the
+  training loss per epoch of each phase.
+
+Prints the path of each PNG it wrote, one per line.
+"""
+
+import csv
+import os
+import statistics
+import sys
+from collections import defaultdict
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+
+def read(folder, name):
+    path = os.path.join(folder, name)
+    if not os.path.exists(path):
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def percent(value):
+    return 100.0 * float(value)
+
+
+def sweep_accuracy(folder):
+    rows = read(folder, "sweep.csv")
+    by_alpha = defaultdict(lambda: defaultdict(list))
+    baseline = []
+    for row in rows:
+        if row["phase"] == "baseline":
+            baseline.append(percent(row["final_test_acc"]))
+        else:
+            by_alpha[float(row["alpha"])][float(row["temperature"])].append(percent(row["final_test_acc"]))
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for alpha in sorted(by_alpha):
+        temperatures = sorted(by_alpha[alpha])
+        means = [statistics.mean(by_alpha[alpha][t]) for t in temperatures]
+        stds = [statistics.stdev(by_alpha[alpha][t]) if len(by_alpha[alpha][t]) > 1 else 0.0 for t in temperatures]
+        ax.errorbar(temperatures, means, yerr=stds, marker="o", capsize=3, label=f"student, alpha = {alpha:g}")
+    for row in read(folder, "summary.csv"):
+        if row["phase"] == "teacher":
+            ax.axhline(percent(row["test_acc"]), color="black", linestyle="--", label=f"teacher ({row['model']})")
+    if baseline:
+        ax.axhline(statistics.mean(baseline), color="gray", linestyle=":", label="baseline (labels only)")
+    all_temperatures = sorted({t for curves in by_alpha.values() for t in curves})
+    if all_temperatures:
+        ax.set_xscale("log")
+        ax.minorticks_off()
+        ax.set_xticks(all_temperatures)
+        ax.set_xticklabels([f"{t:g}" for t in all_temperatures])
+    ax.set_xlabel("temperature T")
+    ax.set_ylabel("final test accuracy (%)")
+    seeds = len({row["seed"] for row in rows})
+    ax.set_title(f"Distillation sweep: test accuracy against temperature ({seeds} seed{'s' if seeds != 1 else ''})")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize="small")
+    return save(fig, folder, "sweep_accuracy.png")
+
+
+def sweep_curves(folder):
+    curves = defaultdict(lambda: defaultdict(list))
+    for row in read(folder, "metrics.csv"):
+        if row["phase"] == "baseline":
+            label = "baseline"
+        else:
+            label = f"T = {float(row['temperature']):g}, alpha = {float(row['alpha']):g}"
+        curves[label][int(row["epoch"])].append(percent(row["test_acc"]))
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for label in sorted(curves, key=lambda l: (l != "baseline", l)):
+        epochs = sorted(curves[label])
+        style = ":" if label == "baseline" else "-"
+        ax.plot(epochs, [statistics.mean(curves[label][e]) for e in epochs], style, marker=".", label=label)
+    ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel("test accuracy (%), mean over seeds")
+    ax.set_title("Learning curves of the sweep's points")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize="x-small", ncol=2)
+    return save(fig, folder, "learning_curves.png")
+
+
+def run_curves(folder):
+    phases = defaultdict(list)
+    for row in read(folder, "metrics.csv"):
+        phases[row["phase"]].append(row)
+    fig, (acc, loss) = plt.subplots(1, 2, figsize=(11, 4.5))
+    for phase, rows in phases.items():
+        epochs = [int(r["epoch"]) for r in rows]
+        acc.plot(epochs, [percent(r["test_acc"]) for r in rows], marker="o", label=phase)
+        loss.plot(epochs, [float(r["train_loss"]) for r in rows], marker="o", label=phase)
+    acc.set_xlabel("epoch")
+    acc.set_ylabel("test accuracy (%)")
+    acc.set_title("Test accuracy")
+    loss.set_xlabel("epoch")
+    loss.set_ylabel("training loss (the phase's own loss)")
+    loss.set_yscale("log")
+    loss.set_title("Training loss")
+    for ax in (acc, loss):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(True, alpha=0.3)
+        ax.legend()
+    return save(fig, folder, "learning_curves.png")
+
+
+def save(fig, folder, name):
+    path = os.path.join(folder, name)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def main():
+    if len(sys.argv) != 2:
+        sys.exit(__doc__)
+    folder = sys.argv[1]
+    if os.path.exists(os.path.join(folder, "sweep.csv")):
+        written = [sweep_accuracy(folder), sweep_curves(folder)]
+    elif os.path.exists(os.path.join(folder, "metrics.csv")):
+        written = [run_curves(folder)]
+    else:
+        sys.exit(f"{folder} holds no metrics.csv or sweep.csv")
+    print("\n".join(written))
+
+
+if __name__ == "__main__":
+    main()

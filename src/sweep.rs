@@ -1,0 +1,532 @@
+//! Temperature and alpha sweeps: a grid of distillation points (plus a baseline per seed) that
+//! share one teacher, trained together in groups, written to CSV as each group finishes.
+//!
+//! Points with the same seed start from the same weights and see the same batches, so they
+//! train as one group (one batch draw, one teacher lookup or forward, one optimizer each); a
+//! point's numbers equal those of `kd distill` with the same settings and seed. A sweep folder
+//! is resumable (finished points are skipped; the final CSVs are rewritten in grid order) and
+//! can be split into shards that `kd sweep merge` joins.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail, ensure};
+use serde::{Deserialize, Serialize};
+
+use crate::checkpoint;
+use crate::data::{CLASSES, Mnist};
+use crate::loss::KdLoss;
+use crate::models::{Model, ModelSpec};
+use crate::report::{SummaryRow, status, write_atomically};
+use crate::train::{
+    DistillConfig, EpochRecord, Member, Objective, Phase, PhaseConfig, seeded_model, train_group,
+};
+
+/// Everything that defines a sweep; saved as `config.json` and compared on resume and merge.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SweepConfig {
+    pub kd_version: String,
+    pub data: PathBuf,
+    pub device: String,
+    pub train_samples: i64,
+    pub teacher_checkpoint: PathBuf,
+    pub teacher_model: String,
+    pub student_model: String,
+    /// The phase settings; its `seed` is replaced by each point's seed.
+    pub student: PhaseConfig,
+    pub kd_loss: KdLoss,
+    pub temperatures: Vec<f64>,
+    pub alphas: Vec<f64>,
+    pub seeds: Vec<i64>,
+    pub baseline: bool,
+    /// `[I, N]`: this folder holds the I-th of N shards.
+    pub shard: Option<[usize; 2]>,
+}
+
+/// One training job of a sweep: the baseline of a seed (no temperature, alpha 0) or a
+/// distilled student at (temperature, alpha, seed).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Point {
+    pub temperature: Option<f64>,
+    pub alpha: f64,
+    pub seed: i64,
+}
+
+impl Point {
+    fn phase(&self) -> Phase {
+        if self.temperature.is_some() { Phase::Student } else { Phase::Baseline }
+    }
+
+    /// The text that identifies a point in CSV rows and file names.
+    fn key(&self) -> String {
+        match self.temperature {
+            Some(t) => format!("T{t}-a{}-s{}", self.alpha, self.seed),
+            None => format!("baseline-s{}", self.seed),
+        }
+    }
+}
+
+/// One row of `sweep.csv`: a point's final figures.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SweepRow {
+    pub phase: Phase,
+    pub temperature: Option<f64>,
+    pub alpha: f64,
+    pub seed: i64,
+    pub final_test_acc: f64,
+    pub best_test_acc: f64,
+    pub test_errors: i64,
+    pub agreement: Option<f64>,
+    pub epochs: i64,
+    pub seconds: f64,
+}
+
+/// One row of a sweep's `metrics.csv`: an epoch of a point.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PointEpoch {
+    pub phase: Phase,
+    pub temperature: Option<f64>,
+    pub alpha: f64,
+    pub seed: i64,
+    pub epoch: i64,
+    pub train_loss: f64,
+    pub test_loss: f64,
+    pub test_acc: f64,
+    pub test_errors: i64,
+    pub agreement: Option<f64>,
+    pub lr: f64,
+    pub seconds: f64,
+}
+
+/// One row of `sweep_summary.csv`: a (temperature, alpha) pair over its seeds.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SeedSummary {
+    pub phase: Phase,
+    pub temperature: Option<f64>,
+    pub alpha: f64,
+    pub seeds: usize,
+    pub mean_test_acc: f64,
+    pub std_test_acc: f64,
+    pub mean_test_errors: f64,
+    pub std_test_errors: f64,
+    pub mean_agreement: Option<f64>,
+}
+
+impl SweepConfig {
+    /// Every point of the grid in its fixed order: the baselines, then temperature, alpha and
+    /// seed, the last varying fastest.
+    pub fn grid(&self) -> Vec<Point> {
+        let baselines = self.seeds.iter().filter(|_| self.baseline);
+        let baselines = baselines.map(|&seed| Point { temperature: None, alpha: 0.0, seed });
+        let students = self.temperatures.iter().flat_map(|&t| {
+            self.alphas.iter().flat_map(move |&alpha| {
+                self.seeds.iter().map(move |&seed| Point { temperature: Some(t), alpha, seed })
+            })
+        });
+        baselines.chain(students).collect()
+    }
+
+    /// The points of this folder's shard: every N-th point of the grid, from the I-th.
+    pub fn points(&self) -> Vec<Point> {
+        let [index, count] = self.shard.unwrap_or([1, 1]);
+        self.grid()
+            .into_iter()
+            .enumerate()
+            .filter(|(i, _)| i % count == index - 1)
+            .map(|(_, p)| p)
+            .collect()
+    }
+}
+
+/// The files a sweep writes; `--force` removes them before a new sweep starts in the folder.
+const SWEEP_FILES: [&str; 5] =
+    ["config.json", "sweep.csv", "metrics.csv", "sweep_summary.csv", "summary.csv"];
+
+/// Removes a previous sweep's files (and its `points/` checkpoints) from `dir`.
+pub fn clear(dir: &Path) -> Result<()> {
+    for name in SWEEP_FILES {
+        let path = dir.join(name);
+        if path.exists() {
+            fs::remove_file(&path).with_context(|| format!("cannot remove {}", path.display()))?;
+        }
+    }
+    let points = dir.join("points");
+    if points.exists() {
+        fs::remove_dir_all(&points)
+            .with_context(|| format!("cannot remove {}", points.display()))?;
+    }
+    Ok(())
+}
+
+/// Runs (or resumes) the sweep `config` in `dir`, training at most `group_size` points at once.
+pub fn run_sweep(
+    config: &SweepConfig,
+    teacher: &Model,
+    data: &Mnist,
+    dir: &Path,
+    group_size: usize,
+) -> Result<()> {
+    let spec: ModelSpec = config.student_model.parse()?;
+    let finished = prepare_folder(config, dir)?;
+    write_teacher_summary(teacher, data, dir)?;
+
+    let pending: Vec<Point> =
+        config.points().into_iter().filter(|p| !finished.contains(&p.key())).collect();
+    let skipped = config.points().len() - pending.len();
+    status(&format!("sweep: {} points to train, {skipped} already finished", pending.len()));
+    // Students with dropout draw their masks from the shared generator: trained together they
+    // would not reproduce a lone run, so they train one at a time.
+    let group_size = if spec.dropout > 0.0 || spec.input_dropout > 0.0 { 1 } else { group_size };
+
+    for group in groups(&pending, group_size) {
+        train_points(config, &spec, &group, teacher, data, dir)?;
+    }
+    finish_sweep(config, dir)
+}
+
+/// Splits points into groups of one seed each, at most `size` long, in grid order.
+fn groups(points: &[Point], size: usize) -> Vec<Vec<Point>> {
+    let mut by_seed: BTreeMap<i64, Vec<Point>> = BTreeMap::new();
+    for point in points {
+        by_seed.entry(point.seed).or_default().push(*point);
+    }
+    by_seed
+        .into_values()
+        .flat_map(|points| points.chunks(size).map(<[Point]>::to_vec).collect::<Vec<_>>())
+        .collect()
+}
+
+/// Creates or checks the folder; returns the keys of the points already finished, and keeps
+/// only their rows in `metrics.csv`.
+fn prepare_folder(config: &SweepConfig, dir: &Path) -> Result<HashSet<String>> {
+    fs::create_dir_all(dir.join("points"))
+        .with_context(|| format!("cannot create sweep folder {}", dir.display()))?;
+    let config_path = dir.join("config.json");
+    if config_path.exists() {
+        let saved: SweepConfig =
+            serde_json::from_slice(&fs::read(&config_path)?).with_context(|| {
+                format!("{} is not a kd sweep configuration", config_path.display())
+            })?;
+        if &saved != config {
+            bail!(
+                "{} holds a different sweep (its config.json differs from these options); resume it \
+                 with the same options or choose another --out",
+                dir.display()
+            );
+        }
+    }
+    write_atomically(&config_path, serde_json::to_string_pretty(config)?.as_bytes())?;
+
+    // A kill can cut the last line of a CSV; such a line belongs to an unfinished point.
+    let rows: Vec<SweepRow> = read_intact_rows(&dir.join("sweep.csv"))?;
+    let finished: HashSet<String> =
+        rows.iter().map(|r| row_point(r.temperature, r.alpha, r.seed).key()).collect();
+    let epochs: Vec<PointEpoch> = read_intact_rows(&dir.join("metrics.csv"))?;
+    let kept: Vec<PointEpoch> = epochs
+        .into_iter()
+        .filter(|e| finished.contains(&row_point(e.temperature, e.alpha, e.seed).key()))
+        .collect();
+    write_rows(&dir.join("metrics.csv"), &kept)?;
+    Ok(finished)
+}
+
+fn row_point(temperature: Option<f64>, alpha: f64, seed: i64) -> Point {
+    Point { temperature, alpha, seed }
+}
+
+/// Trains one group of points (same seed) together and appends their rows.
+fn train_points(
+    config: &SweepConfig,
+    spec: &ModelSpec,
+    points: &[Point],
+    teacher: &Model,
+    data: &Mnist,
+    dir: &Path,
+) -> Result<()> {
+    let seed = points[0].seed;
+    let phase = PhaseConfig { seed, ..config.student.clone() };
+    let models: Vec<Model> = points
+        .iter()
+        .map(|_| seeded_model(spec, CLASSES, data.train.images.device(), seed))
+        .collect();
+    let members: Vec<Member> = points
+        .iter()
+        .zip(&models)
+        .map(|(point, model)| Member {
+            model,
+            phase: point.phase(),
+            objective: match point.temperature {
+                Some(temperature) => Objective::Distill(DistillConfig {
+                    temperature,
+                    alpha: point.alpha,
+                    kd_loss: config.kd_loss,
+                }),
+                None => Objective::Labels,
+            },
+        })
+        .collect();
+    let names: Vec<String> = points.iter().map(Point::key).collect();
+    status(&format!("sweep: training {} together (seed {seed})", names.join(", ")));
+
+    let mut metrics = append_writer(&dir.join("metrics.csv"))?;
+    let records = train_group(&members, Some(teacher), data, &phase, &mut |k, record| {
+        metrics.serialize(point_epoch(&points[k], record))?;
+        metrics.flush().context("cannot write metrics.csv")?;
+        Ok(())
+    })?;
+
+    let mut sweep = append_writer(&dir.join("sweep.csv"))?;
+    for ((point, model), records) in points.iter().zip(&models).zip(&records) {
+        checkpoint::save(model, &dir.join("points").join(format!("{}.safetensors", point.key())))?;
+        sweep.serialize(sweep_row(point, records))?;
+    }
+    sweep.flush().context("cannot write sweep.csv")?;
+    Ok(())
+}
+
+fn point_epoch(point: &Point, r: &EpochRecord) -> PointEpoch {
+    PointEpoch {
+        phase: point.phase(),
+        temperature: point.temperature,
+        alpha: point.alpha,
+        seed: point.seed,
+        epoch: r.epoch,
+        train_loss: r.train_loss,
+        test_loss: r.test_loss,
+        test_acc: r.test_acc,
+        test_errors: r.test_errors,
+        agreement: r.agreement,
+        lr: r.lr,
+        seconds: r.seconds,
+    }
+}
+
+fn sweep_row(point: &Point, records: &[EpochRecord]) -> SweepRow {
+    let last = records.last().expect("a phase runs at least one epoch");
+    SweepRow {
+        phase: point.phase(),
+        temperature: point.temperature,
+        alpha: point.alpha,
+        seed: point.seed,
+        final_test_acc: last.test_acc,
+        best_test_acc: records.iter().map(|r| r.test_acc).fold(0.0, f64::max),
+        test_errors: last.test_errors,
+        agreement: last.agreement,
+        epochs: records.len() as i64,
+        seconds: records.iter().map(|r| r.seconds).sum(),
+    }
+}
+
+fn write_teacher_summary(teacher: &Model, data: &Mnist, dir: &Path) -> Result<()> {
+    let eval = crate::train::evaluate(teacher, &data.test, None);
+    let row = SummaryRow {
+        phase: Phase::Teacher.name().to_string(),
+        model: teacher.spec.to_string(),
+        params: teacher.parameter_count(),
+        temperature: None,
+        alpha: None,
+        epochs: 0,
+        test_acc: eval.accuracy,
+        test_errors: eval.errors,
+        agreement: None,
+        seconds: 0.0,
+    };
+    write_rows(&dir.join("summary.csv"), &[row])
+}
+
+/// Rewrites `sweep.csv` and `metrics.csv` in grid order and writes `sweep_summary.csv`, once
+/// every point of the folder's shard has finished; prints the summary.
+pub fn finish_sweep(config: &SweepConfig, dir: &Path) -> Result<()> {
+    let order: BTreeMap<String, usize> =
+        config.grid().iter().enumerate().map(|(i, p)| (p.key(), i)).collect();
+    let position = |t: Option<f64>, a: f64, s: i64| {
+        order.get(&row_point(t, a, s).key()).copied().unwrap_or(usize::MAX)
+    };
+
+    let mut rows: Vec<SweepRow> = read_rows(&dir.join("sweep.csv"))?;
+    rows.sort_by_key(|r| position(r.temperature, r.alpha, r.seed));
+    let expected = config.points().len();
+    ensure!(
+        rows.len() == expected,
+        "{}: {} of {expected} points finished",
+        dir.display(),
+        rows.len()
+    );
+    write_rows(&dir.join("sweep.csv"), &rows)?;
+
+    let mut epochs: Vec<PointEpoch> = read_rows(&dir.join("metrics.csv"))?;
+    epochs.sort_by_key(|e| (position(e.temperature, e.alpha, e.seed), e.epoch));
+    write_rows(&dir.join("metrics.csv"), &epochs)?;
+
+    let summary = summarize(&rows);
+    write_rows(&dir.join("sweep_summary.csv"), &summary)?;
+    print!("{}", summary_table(&summary));
+    status(&format!("results in {}", dir.display()));
+    Ok(())
+}
+
+/// Mean and sample standard deviation over seeds of each (phase, temperature, alpha).
+pub fn summarize(rows: &[SweepRow]) -> Vec<SeedSummary> {
+    let mut groups: Vec<(Phase, Option<f64>, f64, Vec<&SweepRow>)> = vec![];
+    for row in rows {
+        match groups
+            .iter_mut()
+            .find(|g| g.0 == row.phase && g.1 == row.temperature && g.2 == row.alpha)
+        {
+            Some(group) => group.3.push(row),
+            None => groups.push((row.phase, row.temperature, row.alpha, vec![row])),
+        }
+    }
+    groups
+        .into_iter()
+        .map(|(phase, temperature, alpha, rows)| {
+            let acc: Vec<f64> = rows.iter().map(|r| r.final_test_acc).collect();
+            let errors: Vec<f64> = rows.iter().map(|r| r.test_errors as f64).collect();
+            let agreement: Option<Vec<f64>> = rows.iter().map(|r| r.agreement).collect();
+            SeedSummary {
+                phase,
+                temperature,
+                alpha,
+                seeds: rows.len(),
+                mean_test_acc: mean(&acc),
+                std_test_acc: std(&acc),
+                mean_test_errors: mean(&errors),
+                std_test_errors: std(&errors),
+                mean_agreement: agreement.map(|a| mean(&a)),
+            }
+        })
+        .collect()
+}
+
+fn mean(values: &[f64]) -> f64 {
+    values.iter().sum::<f64>() / values.len() as f64
+}
+
+/// Sample standard deviation (n - 1); 0 for a single value.
+fn std(values: &[f64]) -> f64 {
+    if values.len() < 2 {
+        return 0.0;
+    }
+    let m = mean(values);
+    (values.iter().map(|v| (v - m).powi(2)).sum::<f64>() / (values.len() - 1) as f64).sqrt()
+}
+
+fn summary_table(rows: &[SeedSummary]) -> String {
+    let mut out = format!(
+        "{:<9} {:>11} {:>6} {:>6} {:>9} {:>8} {:>9}\n",
+        "phase", "temperature", "alpha", "seeds", "test acc", "± std", "errors"
+    );
+    for r in rows {
+        let temperature = r.temperature.map_or("-".to_string(), |t| t.to_string());
+        out += &format!(
+            "{:<9} {:>11} {:>6} {:>6} {:>8.2}% {:>7.2}% {:>9.1}\n",
+            r.phase.name(),
+            temperature,
+            r.alpha,
+            r.seeds,
+            100.0 * r.mean_test_acc,
+            100.0 * r.std_test_acc,
+            r.mean_test_errors
+        );
+    }
+    out
+}
+
+/// Joins shard folders of one sweep into `out`: their configurations must agree but for the
+/// shard, and together they must hold every point of the grid exactly once.
+pub fn merge(parts: &[PathBuf], out: &Path) -> Result<SweepConfig> {
+    ensure!(!parts.is_empty(), "give the shard folders to merge");
+    let mut configs = vec![];
+    for part in parts {
+        let path = part.join("config.json");
+        let config: SweepConfig = serde_json::from_slice(
+            &fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?,
+        )
+        .with_context(|| format!("{} is not a kd sweep configuration", path.display()))?;
+        configs.push(config);
+    }
+    let merged = SweepConfig { shard: None, ..configs[0].clone() };
+    for (part, config) in parts.iter().zip(&configs) {
+        ensure!(
+            SweepConfig { shard: None, ..config.clone() } == merged,
+            "{} belongs to a different sweep than {}",
+            part.display(),
+            parts[0].display()
+        );
+    }
+
+    fs::create_dir_all(out.join("points"))
+        .with_context(|| format!("cannot create {}", out.display()))?;
+    let mut rows: Vec<SweepRow> = vec![];
+    let mut epochs: Vec<PointEpoch> = vec![];
+    for part in parts {
+        rows.extend(read_rows::<SweepRow>(&part.join("sweep.csv"))?);
+        epochs.extend(read_rows::<PointEpoch>(&part.join("metrics.csv"))?);
+        for entry in fs::read_dir(part.join("points"))
+            .with_context(|| format!("cannot read {}/points", part.display()))?
+        {
+            let entry = entry?;
+            fs::copy(entry.path(), out.join("points").join(entry.file_name()))
+                .with_context(|| format!("cannot copy {}", entry.path().display()))?;
+        }
+    }
+    let keys: Vec<String> =
+        rows.iter().map(|r| row_point(r.temperature, r.alpha, r.seed).key()).collect();
+    let unique: HashSet<&String> = keys.iter().collect();
+    ensure!(unique.len() == keys.len(), "a point appears in more than one part");
+    let missing: Vec<String> =
+        merged.grid().iter().map(Point::key).filter(|k| !unique.contains(k)).collect();
+    ensure!(missing.is_empty(), "the parts lack {} points: {}", missing.len(), missing.join(", "));
+
+    fs::copy(parts[0].join("summary.csv"), out.join("summary.csv"))
+        .context("cannot copy the teacher's summary.csv")?;
+    write_atomically(&out.join("config.json"), serde_json::to_string_pretty(&merged)?.as_bytes())?;
+    write_rows(&out.join("sweep.csv"), &rows)?;
+    write_rows(&out.join("metrics.csv"), &epochs)?;
+    finish_sweep(&merged, out)?;
+    Ok(merged)
+}
+
+fn read_rows<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Vec<T>> {
+    if !path.exists() {
+        return Ok(vec![]);
+    }
+    let mut reader =
+        csv::Reader::from_path(path).with_context(|| format!("cannot read {}", path.display()))?;
+    reader
+        .deserialize()
+        .collect::<Result<Vec<T>, _>>()
+        .with_context(|| format!("{} is damaged", path.display()))
+}
+
+/// Like [`read_rows`], but skips lines that do not parse (logged as warnings).
+fn read_intact_rows<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Vec<T>> {
+    if !path.exists() {
+        return Ok(vec![]);
+    }
+    let mut reader =
+        csv::Reader::from_path(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let rows = reader.deserialize().filter_map(|row| {
+        row.map_err(|e| log::warn!("{}: skipping a damaged line: {e}", path.display())).ok()
+    });
+    Ok(rows.collect())
+}
+
+/// Writes `rows` as a whole CSV file (header included), through a temporary file.
+fn write_rows<T: Serialize>(path: &Path, rows: &[T]) -> Result<()> {
+    let mut writer = csv::Writer::from_writer(vec![]);
+    rows.iter().try_for_each(|row| writer.serialize(row))?;
+    write_atomically(path, &writer.into_inner()?)
+}
+
+/// A CSV writer that appends to `path`, writing the header only when the file is new or empty.
+fn append_writer(path: &Path) -> Result<csv::Writer<fs::File>> {
+    let fresh = fs::metadata(path).map(|m| m.len() == 0).unwrap_or(true);
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(csv::WriterBuilder::new().has_headers(fresh).from_writer(file))
+}
