@@ -54,10 +54,10 @@ pub struct CommonArgs {
     #[arg(long, default_value = "auto", value_parser = parse_device)]
     pub device: Device,
     /// Seed of every random draw (initial weights, batch order, dropout, jitter).
-    #[arg(long, allow_negative_numbers = true, default_value_t = 0)]
+    #[arg(long, default_value_t = 0)]
     pub seed: i64,
     /// Train on the first N training samples only.
-    #[arg(long, allow_negative_numbers = true, value_name = "N", value_parser = clap::value_parser!(i64).range(1..))]
+    #[arg(long, value_name = "N", value_parser = count)]
     pub train_limit: Option<i64>,
     /// No progress bars and no per-epoch lines on stderr.
     #[arg(long)]
@@ -71,16 +71,16 @@ pub struct CommonArgs {
 #[derive(Debug, Args)]
 pub struct OptimArgs {
     /// Samples per training step.
-    #[arg(long, allow_negative_numbers = true, value_name = "N", default_value_t = 128, value_parser = clap::value_parser!(i64).range(1..))]
+    #[arg(long, value_name = "N", default_value_t = 128, value_parser = count)]
     pub batch_size: i64,
     /// Peak learning rate of SGD.
-    #[arg(long, allow_negative_numbers = true, value_name = "X", default_value_t = 0.05, value_parser = positive)]
+    #[arg(long, value_name = "X", default_value_t = 0.05, value_parser = positive)]
     pub lr: f64,
     /// SGD momentum.
-    #[arg(long, allow_negative_numbers = true, value_name = "X", default_value_t = 0.9, value_parser = unit_interval)]
+    #[arg(long, value_name = "X", default_value_t = 0.9, value_parser = unit_interval)]
     pub momentum: f64,
     /// L2 weight decay.
-    #[arg(long, allow_negative_numbers = true, value_name = "X", default_value_t = 0.0, value_parser = non_negative)]
+    #[arg(long, value_name = "X", default_value_t = 0.0, value_parser = non_negative)]
     pub weight_decay: f64,
     /// Learning-rate schedule over each phase.
     #[arg(long, value_enum, default_value_t = Schedule::Cosine)]
@@ -91,10 +91,10 @@ pub struct OptimArgs {
 #[derive(Debug, Args)]
 pub struct KdArgs {
     /// Temperature T > 0 that softens teacher and student logits (softmax of logits / T).
-    #[arg(long, allow_negative_numbers = true, value_name = "T", default_value_t = 4.0, value_parser = positive)]
+    #[arg(long, value_name = "T", default_value_t = 4.0, value_parser = positive)]
     pub temperature: f64,
     /// Weight of the soft (teacher) term in [0, 1]; the hard-label term gets 1 - alpha.
-    #[arg(long, allow_negative_numbers = true, value_name = "A", default_value_t = 0.9, value_parser = unit_interval)]
+    #[arg(long, value_name = "A", default_value_t = 0.9, value_parser = unit_interval)]
     pub alpha: f64,
     /// Soft term: kl (KL divergence) or soft-ce (cross-entropy with the teacher's distribution).
     #[arg(long, value_name = "LOSS", default_value = "kl", value_parser = parse_kd_loss)]
@@ -102,6 +102,7 @@ pub struct KdArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(allow_negative_numbers = true)]
 pub struct RunArgs {
     #[command(flatten)]
     pub common: CommonArgs,
@@ -116,21 +117,22 @@ pub struct RunArgs {
     #[arg(long, value_name = "SPEC", default_value = "mlp:800x800")]
     pub student_model: ModelSpec,
     /// Epochs of teacher pretraining.
-    #[arg(long, allow_negative_numbers = true, value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(i64).range(1..))]
+    #[arg(long, value_name = "N", default_value_t = 8, value_parser = count)]
     pub teacher_epochs: i64,
     /// Epochs of the student baseline and of distillation (each).
-    #[arg(long, allow_negative_numbers = true, value_name = "N", default_value_t = 6, value_parser = clap::value_parser!(i64).range(1..))]
+    #[arg(long, value_name = "N", default_value_t = 6, value_parser = count)]
     pub student_epochs: i64,
     /// Random shift of up to PIXELS of the teacher's training images.
-    #[arg(long, allow_negative_numbers = true, value_name = "PIXELS", default_value_t = 2, value_parser = clap::value_parser!(i64).range(0..=8))]
+    #[arg(long, value_name = "PIXELS", default_value_t = 2, value_parser = pixels)]
     pub jitter: i64,
     /// Random shift of up to PIXELS of the students' training images (0 lets the teacher's
     /// training-set logits be computed once and reused).
-    #[arg(long, allow_negative_numbers = true, value_name = "PIXELS", default_value_t = 0, value_parser = clap::value_parser!(i64).range(0..=8))]
+    #[arg(long, value_name = "PIXELS", default_value_t = 0, value_parser = pixels)]
     pub student_jitter: i64,
 }
 
 #[derive(Debug, Args)]
+#[command(allow_negative_numbers = true)]
 pub struct TeacherArgs {
     #[command(flatten)]
     pub common: CommonArgs,
@@ -140,14 +142,15 @@ pub struct TeacherArgs {
     #[arg(long, value_name = "SPEC", default_value = "mlp:1200x1200:dropout=0.3")]
     pub teacher_model: ModelSpec,
     /// Training epochs.
-    #[arg(long, allow_negative_numbers = true, value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(i64).range(1..))]
+    #[arg(long, value_name = "N", default_value_t = 8, value_parser = count)]
     pub epochs: i64,
     /// Random shift of up to PIXELS of the training images.
-    #[arg(long, allow_negative_numbers = true, value_name = "PIXELS", default_value_t = 2, value_parser = clap::value_parser!(i64).range(0..=8))]
+    #[arg(long, value_name = "PIXELS", default_value_t = 2, value_parser = pixels)]
     pub jitter: i64,
 }
 
 #[derive(Debug, Args)]
+#[command(allow_negative_numbers = true)]
 pub struct DistillArgs {
     #[command(flatten)]
     pub common: CommonArgs,
@@ -165,10 +168,10 @@ pub struct DistillArgs {
     #[arg(long, value_name = "SPEC", default_value = "mlp:800x800")]
     pub student_model: ModelSpec,
     /// Distillation epochs.
-    #[arg(long, allow_negative_numbers = true, value_name = "N", default_value_t = 6, value_parser = clap::value_parser!(i64).range(1..))]
+    #[arg(long, value_name = "N", default_value_t = 6, value_parser = count)]
     pub epochs: i64,
     /// Random shift of up to PIXELS of the student's training images.
-    #[arg(long, allow_negative_numbers = true, value_name = "PIXELS", default_value_t = 0, value_parser = clap::value_parser!(i64).range(0..=8))]
+    #[arg(long, value_name = "PIXELS", default_value_t = 0, value_parser = pixels)]
     pub jitter: i64,
     /// Also train the same student without the teacher, as a reference.
     #[arg(long)]
@@ -208,7 +211,11 @@ pub struct ExportArgs {
 }
 
 #[derive(Debug, Args)]
-#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+#[command(
+    allow_negative_numbers = true,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
 pub struct SweepArgs {
     #[command(subcommand)]
     pub action: Option<SweepAction>,
@@ -226,10 +233,12 @@ pub struct SweepArgs {
     #[arg(long, value_name = "SPEC", default_value = "mlp:800x800")]
     pub student_model: ModelSpec,
     /// Temperatures, comma-separated.
-    #[arg(long, value_name = "T,...", value_delimiter = ',', default_value = "1,2,4,8,20", allow_negative_numbers = true, value_parser = positive)]
+    #[arg(long, value_name = "T,...", value_delimiter = ',', value_parser = positive)]
+    #[arg(default_value = "1,2,4,8,20")]
     pub temperature: Vec<f64>,
     /// Alphas (weights of the soft term), comma-separated.
-    #[arg(long, value_name = "A,...", value_delimiter = ',', default_value = "0.1,0.5,0.9", allow_negative_numbers = true, value_parser = unit_interval)]
+    #[arg(long, value_name = "A,...", value_delimiter = ',', value_parser = unit_interval)]
+    #[arg(default_value = "0.1,0.5,0.9")]
     pub alpha: Vec<f64>,
     /// Seeds, comma-separated [default: the value of --seed].
     #[arg(
@@ -244,10 +253,10 @@ pub struct SweepArgs {
     #[arg(long, value_name = "LOSS", default_value = "kl", value_parser = parse_kd_loss)]
     pub kd_loss: KdLoss,
     /// Epochs per point.
-    #[arg(long, allow_negative_numbers = true, value_name = "N", default_value_t = 6, value_parser = clap::value_parser!(i64).range(1..))]
+    #[arg(long, value_name = "N", default_value_t = 6, value_parser = count)]
     pub epochs: i64,
     /// Random shift of up to PIXELS of the students' training images.
-    #[arg(long, allow_negative_numbers = true, value_name = "PIXELS", default_value_t = 0, value_parser = clap::value_parser!(i64).range(0..=8))]
+    #[arg(long, value_name = "PIXELS", default_value_t = 0, value_parser = pixels)]
     pub jitter: i64,
     /// Skip the baseline (the student trained on labels alone) of each seed.
     #[arg(long)]
@@ -256,8 +265,8 @@ pub struct SweepArgs {
     #[arg(long, value_name = "I/N", value_parser = parse_shard)]
     pub shard: Option<[usize; 2]>,
     /// Most points trained together in one pass over the data.
-    #[arg(long, value_name = "N", default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..))]
-    pub group_size: u64,
+    #[arg(long, value_name = "N", default_value_t = 16, value_parser = count)]
+    pub group_size: i64,
 }
 
 #[derive(Debug, Subcommand)]
@@ -345,6 +354,22 @@ fn parse_shard(text: &str) -> Result<[usize; 2]> {
 
 fn parse_kd_loss(text: &str) -> Result<KdLoss> {
     text.parse()
+}
+
+/// A whole number of at least 1 (epochs, batch size, samples, group size).
+fn count(text: &str) -> Result<i64> {
+    match text.parse::<i64>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => bail!("'{text}' is not a whole number of at least 1"),
+    }
+}
+
+/// A jitter: a whole number of pixels from 0 to 8.
+fn pixels(text: &str) -> Result<i64> {
+    match text.parse::<i64>() {
+        Ok(n) if (0..=8).contains(&n) => Ok(n),
+        _ => bail!("'{text}' is not a whole number of pixels from 0 to 8"),
+    }
 }
 
 fn number(text: &str) -> Result<f64> {

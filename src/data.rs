@@ -125,7 +125,8 @@ pub fn find_idx_file(dir: &Path, stem: &str, kind: &str) -> Result<PathBuf> {
         names.iter().flat_map(|name| [dir.join(name), dir.join(format!("{name}.gz"))]).collect();
     candidates.iter().find(|p| p.is_file()).cloned().with_context(|| {
         format!(
-            "no {stem} file in {}: looked for {}, raw or with .gz (run scripts/setup.sh to fetch MNIST)",
+            "no {stem} file in {}: looked for {}, raw or with .gz \
+             (run scripts/setup.sh to fetch MNIST)",
             dir.display(),
             names.join(" or ")
         )

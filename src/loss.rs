@@ -78,7 +78,9 @@ pub fn soft_target_loss(
 }
 
 /// The distillation loss
-/// `(1 - alpha) * CE(student, labels) + alpha * T^2 * KD(softmax(teacher / T), softmax(student / T))`.
+/// ```text
+/// (1 - alpha) * CE(student, labels) + alpha * T^2 * KD(softmax(teacher / T), softmax(student / T))
+/// ```
 ///
 /// `alpha` in [0, 1] weights the soft (teacher) term: alpha = 1 trains on the teacher alone,
 /// alpha = 0 is plain cross-entropy. The hard term uses the student's logits at temperature 1.

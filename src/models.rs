@@ -191,7 +191,8 @@ impl Model {
                 Net::Mlp(layers)
             }
             Arch::Cnn { channels: [c1, c2], hidden } => {
-                // Two 5x5 convolutions (no padding), each halved by pooling: 28 -> 24 -> 12 -> 8 -> 4.
+                // Two 5x5 convolutions (no padding), each halved by pooling:
+                // 28 -> 24 -> 12 -> 8 -> 4.
                 let side = ((IMAGE_SIDE - 4) / 2 - 4) / 2;
                 let flat = c2 * side * side;
                 Net::Cnn(Box::new(Cnn {

@@ -74,7 +74,8 @@ impl RunDir {
     pub fn create(path: &Path, force: bool) -> Result<RunDir> {
         if path.join("summary.csv").exists() && !force {
             bail!(
-                "{} already holds a finished run; pass --force to overwrite it or choose another --out",
+                "{} already holds a finished run; pass --force to overwrite it \
+                 or choose another --out",
                 path.display()
             );
         }
@@ -136,7 +137,8 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
 pub fn epoch_line(r: &EpochRecord) -> String {
     let agreement = r.agreement.map_or("-".to_string(), |a| format!("{:.2}%", 100.0 * a));
     format!(
-        "{:<8} epoch {:>3}  train loss {:.4}  test loss {:.4}  acc {:.2}%  errors {:>4}  agreement {:>7}  {:.1}s",
+        "{:<8} epoch {:>3}  train loss {:.4}  test loss {:.4}  acc {:.2}%  errors {:>4}  \
+         agreement {:>7}  {:.1}s",
         r.phase.name(),
         r.epoch,
         r.train_loss,

@@ -20,7 +20,8 @@ use crate::loss::KdLoss;
 use crate::models::{Model, ModelSpec};
 use crate::report::{SummaryRow, status, write_atomically};
 use crate::train::{
-    DistillConfig, EpochRecord, Member, Objective, Phase, PhaseConfig, seeded_model, train_group,
+    DistillConfig, EpochRecord, Member, Objective, Phase, PhaseConfig, TeacherTargets,
+    seeded_model, train_group,
 };
 
 /// Everything that defines a sweep; saved as `config.json` and compared on resume and merge.
@@ -179,8 +180,9 @@ pub fn run_sweep(
     // would not reproduce a lone run, so they train one at a time.
     let group_size = if spec.dropout > 0.0 || spec.input_dropout > 0.0 { 1 } else { group_size };
 
+    let targets = TeacherTargets::new(teacher, data, config.student.jitter, true);
     for group in groups(&pending, group_size) {
-        train_points(config, &spec, &group, teacher, data, dir)?;
+        train_points(config, &spec, &group, &targets, data, dir)?;
     }
     finish_sweep(config, dir)
 }
@@ -210,8 +212,8 @@ fn prepare_folder(config: &SweepConfig, dir: &Path) -> Result<HashSet<String>> {
             })?;
         if &saved != config {
             bail!(
-                "{} holds a different sweep (its config.json differs from these options); resume it \
-                 with the same options or choose another --out",
+                "{} holds a different sweep (its config.json differs from these options); \
+                 resume it with the same options or choose another --out",
                 dir.display()
             );
         }
@@ -240,7 +242,7 @@ fn train_points(
     config: &SweepConfig,
     spec: &ModelSpec,
     points: &[Point],
-    teacher: &Model,
+    teacher: &TeacherTargets,
     data: &Mnist,
     dir: &Path,
 ) -> Result<()> {

@@ -129,20 +129,30 @@ pub struct Member<'a> {
     pub objective: Objective,
 }
 
-/// The teacher's logits for a batch. When inputs are not jittered they are computed once for
-/// the whole training set and looked up by sample index, so they always belong to the batch's
-/// samples; with jitter the teacher runs on the very batch the students see. Either way one
-/// lookup or forward serves every member of a group.
-struct TeacherSignal<'a> {
+/// A trained teacher prepared for a data set, once for any number of students: its predicted
+/// classes on the test set (for agreement) and, when the students' inputs are not jittered, its
+/// logits for the whole training set, looked up by sample index so they always belong to the
+/// batch's samples. With jitter the teacher runs on the very batch the students see. Either way
+/// one lookup or forward serves every member of a training group.
+pub struct TeacherTargets<'a> {
     teacher: &'a Model,
     cached: Option<Tensor>,
+    test_classes: Tensor,
 }
 
-impl TeacherSignal<'_> {
-    fn logits(&self, images: &Tensor, index: &Tensor) -> Tensor {
-        match &self.cached {
-            Some(all) => all.index_select(0, index),
-            None => tch::no_grad(|| self.teacher.forward_t(images, false)),
+impl<'a> TeacherTargets<'a> {
+    /// Prepares `teacher` for students trained with `jitter`; `soft_targets` is false when the
+    /// students only report agreement (baselines) and need no training-set logits.
+    pub fn new(teacher: &'a Model, data: &Mnist, jitter: i64, soft_targets: bool) -> Self {
+        let cached = (soft_targets && jitter == 0).then(|| predict(teacher, &data.train.images));
+        let test_classes = predict(teacher, &data.test.images).argmax(-1, false);
+        TeacherTargets { teacher, cached, test_classes }
+    }
+
+    fn logits(&self, images: &Tensor, index: &Tensor, jittered: bool) -> Tensor {
+        match (&self.cached, jittered) {
+            (Some(all), false) => all.index_select(0, index),
+            _ => tch::no_grad(|| self.teacher.forward_t(images, false)),
         }
     }
 }
@@ -174,7 +184,8 @@ pub fn train_baseline(
     on_epoch: &mut dyn FnMut(&EpochRecord) -> Result<()>,
 ) -> Result<Vec<EpochRecord>> {
     let member = Member { model: student, phase: Phase::Baseline, objective: Objective::Labels };
-    train_one(member, teacher, data, config, on_epoch)
+    let targets = teacher.map(|t| TeacherTargets::new(t, data, config.jitter, false));
+    train_one(member, targets.as_ref(), data, config, on_epoch)
 }
 
 /// Phase 3: distills `teacher` into `student` with
@@ -189,12 +200,13 @@ pub fn distill(
 ) -> Result<Vec<EpochRecord>> {
     let objective = Objective::Distill(*distill);
     let member = Member { model: student, phase: Phase::Student, objective };
-    train_one(member, Some(teacher), data, config, on_epoch)
+    let targets = TeacherTargets::new(teacher, data, config.jitter, true);
+    train_one(member, Some(&targets), data, config, on_epoch)
 }
 
 fn train_one(
     member: Member,
-    teacher: Option<&Model>,
+    teacher: Option<&TeacherTargets>,
     data: &Mnist,
     config: &PhaseConfig,
     on_epoch: &mut dyn FnMut(&EpochRecord) -> Result<()>,
@@ -212,7 +224,7 @@ fn train_one(
 /// member's position and its epoch record. Returns the records of each member.
 pub fn train_group(
     members: &[Member],
-    teacher: Option<&Model>,
+    teacher: Option<&TeacherTargets>,
     data: &Mnist,
     config: &PhaseConfig,
     on_epoch: &mut dyn FnMut(usize, &EpochRecord) -> Result<()>,
@@ -220,21 +232,16 @@ pub fn train_group(
     ensure!(!data.train.is_empty(), "the training set is empty");
     let distills = members.iter().any(|m| matches!(m.objective, Objective::Distill(_)));
     ensure!(teacher.is_some() || !distills, "distillation needs a teacher");
-    if let Some(teacher) = teacher {
+    if let Some(targets) = teacher {
         for member in members {
             ensure!(
-                member.model.classes == teacher.classes,
+                member.model.classes == targets.teacher.classes,
                 "the teacher has {} classes but the student {}",
-                teacher.classes,
+                targets.teacher.classes,
                 member.model.classes
             );
         }
     }
-    let signal = teacher.filter(|_| distills).map(|teacher| TeacherSignal {
-        teacher,
-        cached: (config.jitter == 0).then(|| predict(teacher, &data.train.images)),
-    });
-    let teacher_test = teacher.map(|t| predict(t, &data.test.images).argmax(-1, false));
 
     tch::manual_seed(config.seed);
     let mut optimizers = members
@@ -249,8 +256,7 @@ pub fn train_group(
 
     for epoch in 1..=config.epochs {
         let first_step = (epoch - 1) * steps_per_epoch;
-        let losses =
-            train_epoch(members, &mut optimizers, signal.as_ref(), data, config, first_step);
+        let losses = train_epoch(members, &mut optimizers, teacher, data, config, first_step);
         for (k, member) in members.iter().enumerate() {
             let (train_loss, train_seconds) = losses[k];
             ensure!(
@@ -259,7 +265,7 @@ pub fn train_group(
                 member.phase.name()
             );
             let start = Instant::now();
-            let eval = evaluate(member.model, &data.test, teacher_test.as_ref());
+            let eval = evaluate(member.model, &data.test, teacher.map(|t| &t.test_classes));
             let last_step = first_step + steps_per_epoch - 1;
             let record = EpochRecord {
                 phase: member.phase,
@@ -284,13 +290,15 @@ pub fn train_group(
 fn train_epoch(
     members: &[Member],
     optimizers: &mut [nn::Optimizer],
-    signal: Option<&TeacherSignal>,
+    teacher: Option<&TeacherTargets>,
     data: &Mnist,
     config: &PhaseConfig,
     first_step: i64,
 ) -> Vec<(f64, f64)> {
     let n = data.train.len();
     let device = members[0].model.device();
+    let distills = members.iter().any(|m| matches!(m.objective, Objective::Distill(_)));
+    let jittered = config.jitter > 0;
     let batches = epoch_batches(n, config.batch_size, device);
     let total_steps = config.epochs * batches.len() as i64;
     let progress = progress_bar(batches.len() as u64);
@@ -305,7 +313,8 @@ fn train_epoch(
         let lr = config.schedule.lr(config.lr, first_step + step as i64, total_steps);
         let (images, labels) = data.train.batch(index);
         let images = jitter(&images, config.jitter);
-        let teacher_logits = signal.map(|s| s.logits(&images, index));
+        let teacher_logits =
+            teacher.filter(|_| distills).map(|t| t.logits(&images, index, jittered));
         shared_seconds += shared_start.elapsed().as_secs_f64();
 
         for (k, (member, optimizer)) in members.iter().zip(optimizers.iter_mut()).enumerate() {
@@ -411,16 +420,21 @@ mod tests {
         tch::manual_seed(1);
         let teacher = Model::new(&"mlp:16".parse().unwrap(), CLASSES, tch::Device::Cpu);
         let images = Tensor::rand([50, IMAGE_PIXELS], (Kind::Float, tch::Device::Cpu));
-        let cached = TeacherSignal { teacher: &teacher, cached: Some(predict(&teacher, &images)) };
-        let live = TeacherSignal { teacher: &teacher, cached: None };
+        let test_classes = Tensor::zeros([1], (Kind::Int64, tch::Device::Cpu));
+        let cached = TeacherTargets {
+            teacher: &teacher,
+            cached: Some(predict(&teacher, &images)),
+            test_classes,
+        };
 
         let index = Tensor::from_slice(&[42i64, 3, 17, 9, 30]);
         let batch = images.index_select(0, &index);
-        let (from_cache, from_teacher) =
-            (cached.logits(&batch, &index), live.logits(&batch, &index));
+        let from_cache = cached.logits(&batch, &index, false);
+        let from_teacher = cached.logits(&batch, &index, true);
         let difference = (&from_cache - &from_teacher).abs().max().double_value(&[]);
         assert!(difference < 1e-6, "cached and live logits differ by {difference}");
-        let unshuffled = cached.logits(&batch, &Tensor::arange(5, (Kind::Int64, tch::Device::Cpu)));
+        let in_order = Tensor::arange(5, (Kind::Int64, tch::Device::Cpu));
+        let unshuffled = cached.logits(&batch, &in_order, false);
         assert!((&unshuffled - &from_teacher).abs().max().double_value(&[]) > 1e-3);
     }
 
