@@ -15,7 +15,7 @@ use crate::cli::{
 use crate::data::{CLASSES, IMAGE_PIXELS, Mnist, Split, load_mnist, load_test_split};
 use crate::export::export_torchscript;
 use crate::models::{Model, ModelSpec};
-use crate::report::{RunDir, SummaryRow, status, table};
+use crate::report::{RunDir, SummaryRow, status, table, teacher_row};
 use crate::sweep::{self, SweepConfig};
 use crate::train::{
     DistillConfig, EpochRecord, Phase, PhaseConfig, distill, evaluation_from_logits, seeded_model,
@@ -129,7 +129,7 @@ pub fn distill_command(args: &DistillArgs) -> Result<()> {
         distill: Some(kd),
         ..RunConfig::new("distill", common, &data)
     })?;
-    let mut rows = vec![teacher_row(&teacher, &data)];
+    let mut rows = vec![teacher_row(&teacher, &data.test)];
 
     if args.baseline {
         let baseline = new_model(&args.student_model, common, Phase::Baseline);
@@ -276,23 +276,6 @@ fn summary_row(
         test_errors: last.test_errors,
         agreement: last.agreement,
         seconds: records.iter().map(|r| r.seconds).sum(),
-    }
-}
-
-/// The summary row of a teacher loaded from a checkpoint: its test figures, no training.
-fn teacher_row(teacher: &Model, data: &Mnist) -> SummaryRow {
-    let eval = crate::train::evaluate(teacher, &data.test, None);
-    SummaryRow {
-        phase: Phase::Teacher.name().to_string(),
-        model: teacher.spec.to_string(),
-        params: teacher.parameter_count(),
-        temperature: None,
-        alpha: None,
-        epochs: 0,
-        test_acc: eval.accuracy,
-        test_errors: eval.errors,
-        agreement: None,
-        seconds: 0.0,
     }
 }
 

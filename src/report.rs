@@ -13,7 +13,9 @@ use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::temporary_path;
-use crate::train::EpochRecord;
+use crate::data::Split;
+use crate::models::Model;
+use crate::train::{EpochRecord, Phase};
 
 static QUIET: AtomicBool = AtomicBool::new(false);
 
@@ -61,6 +63,23 @@ const RUN_FILES: [&str; 8] = [
     "student.pt",
     "student.json",
 ];
+
+/// The summary row of a teacher used as it is (loaded, not trained here): its figures on `test`.
+pub fn teacher_row(teacher: &Model, test: &Split) -> SummaryRow {
+    let eval = crate::train::evaluate(teacher, test, None);
+    SummaryRow {
+        phase: Phase::Teacher.name().to_string(),
+        model: teacher.spec.to_string(),
+        params: teacher.parameter_count(),
+        temperature: None,
+        alpha: None,
+        epochs: 0,
+        test_acc: eval.accuracy,
+        test_errors: eval.errors,
+        agreement: None,
+        seconds: 0.0,
+    }
+}
 
 /// A run folder being written.
 pub struct RunDir {

@@ -18,7 +18,7 @@ use crate::checkpoint;
 use crate::data::{CLASSES, Mnist};
 use crate::loss::KdLoss;
 use crate::models::{Model, ModelSpec};
-use crate::report::{SummaryRow, status, write_atomically};
+use crate::report::{status, teacher_row, write_atomically};
 use crate::train::{
     DistillConfig, EpochRecord, Member, Objective, Phase, PhaseConfig, TeacherTargets,
     seeded_model, train_group,
@@ -170,7 +170,7 @@ pub fn run_sweep(
 ) -> Result<()> {
     let spec: ModelSpec = config.student_model.parse()?;
     let finished = prepare_folder(config, dir)?;
-    write_teacher_summary(teacher, data, dir)?;
+    write_rows(&dir.join("summary.csv"), &[teacher_row(teacher, &data.test)])?;
 
     let pending: Vec<Point> =
         config.points().into_iter().filter(|p| !finished.contains(&p.key())).collect();
@@ -318,23 +318,6 @@ fn sweep_row(point: &Point, records: &[EpochRecord]) -> SweepRow {
         epochs: records.len() as i64,
         seconds: records.iter().map(|r| r.seconds).sum(),
     }
-}
-
-fn write_teacher_summary(teacher: &Model, data: &Mnist, dir: &Path) -> Result<()> {
-    let eval = crate::train::evaluate(teacher, &data.test, None);
-    let row = SummaryRow {
-        phase: Phase::Teacher.name().to_string(),
-        model: teacher.spec.to_string(),
-        params: teacher.parameter_count(),
-        temperature: None,
-        alpha: None,
-        epochs: 0,
-        test_acc: eval.accuracy,
-        test_errors: eval.errors,
-        agreement: None,
-        seconds: 0.0,
-    };
-    write_rows(&dir.join("summary.csv"), &[row])
 }
 
 /// Rewrites `sweep.csv` and `metrics.csv` in grid order and writes `sweep_summary.csv`, once

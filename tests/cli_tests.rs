@@ -4,6 +4,8 @@
 
 mod common;
 
+use common::{kd, read_csv, text};
+
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -12,14 +14,6 @@ use kd::data::load_mnist;
 use kd::report::SummaryRow;
 use kd::train::{EpochRecord, Phase, predict};
 use tch::{Device, Tensor};
-
-fn kd(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kd")).args(args).output().expect("kd runs")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
 
 fn small_run(out: &Path, extra: &[&str]) -> Output {
     let data = common::mnist_dir();
@@ -45,10 +39,6 @@ fn small_run(out: &Path, extra: &[&str]) -> Output {
     ];
     args.extend_from_slice(extra);
     kd(&args)
-}
-
-fn read_csv<T: serde::de::DeserializeOwned>(path: &Path) -> Vec<T> {
-    csv::Reader::from_path(path).unwrap().deserialize().map(Result::unwrap).collect()
 }
 
 #[test]

@@ -3,24 +3,14 @@
 
 mod common;
 
+use common::{kd, read_csv, text};
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use kd::report::SummaryRow;
 use kd::sweep::{PointEpoch, SweepRow};
-
-fn kd(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kd")).args(args).output().expect("kd runs")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-fn read_csv<T: serde::de::DeserializeOwned>(path: &Path) -> Vec<T> {
-    csv::Reader::from_path(path).unwrap().deserialize().map(Result::unwrap).collect()
-}
 
 /// A teacher trained briefly on the first 2,000 images, shared by the tests of this file.
 fn teacher(dir: &Path) -> PathBuf {
@@ -47,36 +37,27 @@ fn teacher(dir: &Path) -> PathBuf {
     out.join("teacher.safetensors")
 }
 
-/// `kd sweep` over T in {2, 4}, alpha in {0.5, 0.9}, seeds {0, 1} (8 points and 2 baselines).
-fn sweep(teacher: &Path, out: &Path, extra: &[&str]) -> Output {
+/// The arguments of `kd sweep` over T in {2, 4}, alpha in {0.5, 0.9}, seeds {0, 1} (8 points
+/// and 2 baselines), then `extra`.
+fn sweep_args(teacher: &Path, out: &Path, extra: &[&str]) -> Vec<String> {
     let data = common::mnist_dir();
-    let mut args = vec![
-        "sweep",
-        "--teacher",
-        teacher.to_str().unwrap(),
-        "--data",
-        data.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--device",
-        "cpu",
-        "--train-limit",
-        "2000",
-        "--student-model",
-        "mlp:32",
-        "--epochs",
-        "2",
-        "--temperature",
-        "2,4",
-        "--alpha",
-        "0.5,0.9",
-        "--seeds",
-        "0,1",
-        "--quiet",
-        "--no-plot",
-    ];
-    args.extend_from_slice(extra);
-    kd(&args)
+    let grid = "--temperature 2,4 --alpha 0.5,0.9 --seeds 0,1 --epochs 2 --student-model mlp:32";
+    let run = "--device cpu --train-limit 2000 --quiet --no-plot";
+    let paths = [teacher, &data, out].map(|p| p.to_str().unwrap().to_string());
+    let mut args: Vec<String> =
+        ["sweep", "--teacher", &paths[0], "--data", &paths[1], "--out", &paths[2]]
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
+    args.extend(
+        grid.split(' ').chain(run.split(' ')).chain(extra.iter().copied()).map(String::from),
+    );
+    args
+}
+
+fn sweep(teacher: &Path, out: &Path, extra: &[&str]) -> Output {
+    let args = sweep_args(teacher, out, extra);
+    kd(&args.iter().map(String::as_str).collect::<Vec<_>>())
 }
 
 /// A sweep folder's CSV rows with the wall-clock columns zeroed, the only ones that may differ.
@@ -150,35 +131,8 @@ fn sweep_points_equal_lone_distill_runs_and_resume_after_a_kill() {
 
     // Kill a sweep (groups of two points) once some points are finished, then resume it.
     let resumed = dir.path().join("resumed");
-    let data = common::mnist_dir();
     let mut child = Command::new(env!("CARGO_BIN_EXE_kd"))
-        .args([
-            "sweep",
-            "--teacher",
-            teacher.to_str().unwrap(),
-            "--data",
-            data.to_str().unwrap(),
-            "--out",
-            resumed.to_str().unwrap(),
-            "--device",
-            "cpu",
-            "--train-limit",
-            "2000",
-            "--student-model",
-            "mlp:32",
-            "--epochs",
-            "2",
-            "--temperature",
-            "2,4",
-            "--alpha",
-            "0.5,0.9",
-            "--seeds",
-            "0,1",
-            "--quiet",
-            "--no-plot",
-            "--group-size",
-            "2",
-        ])
+        .args(sweep_args(&teacher, &resumed, &["--group-size", "2"]))
         .spawn()
         .unwrap();
     let start = Instant::now();
