@@ -70,7 +70,7 @@ def sweep_accuracy(folder):
     seeds = len({row["seed"] for row in rows})
     ax.set_title(f"Distillation sweep: test accuracy against temperature ({seeds} seed{'s' if seeds != 1 else ''})")
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize="small")
+    ax.legend(fontsize="small", loc="lower right")
     return save(fig, folder, "sweep_accuracy.png")
 
 
