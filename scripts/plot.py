@@ -23,7 +23,6 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 
 def read(folder, name):
@@ -48,7 +47,7 @@ def sweep_accuracy(folder):
         else:
             by_alpha[float(row["alpha"])][float(row["temperature"])].append(percent(row["final_test_acc"]))
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(9, 4.5))
     for alpha in sorted(by_alpha):
         temperatures = sorted(by_alpha[alpha])
         means = [statistics.mean(by_alpha[alpha][t]) for t in temperatures]
@@ -70,29 +69,38 @@ def sweep_accuracy(folder):
     seeds = len({row["seed"] for row in rows})
     ax.set_title(f"Distillation sweep: test accuracy against temperature ({seeds} seed{'s' if seeds != 1 else ''})")
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize="small", loc="lower right")
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1))
     return save(fig, folder, "sweep_accuracy.png")
 
 
 def sweep_curves(folder):
+    """Test accuracy per epoch of each point, averaged over seeds: a colour per temperature, a
+    line style per alpha, the baseline in black."""
     curves = defaultdict(lambda: defaultdict(list))
     for row in read(folder, "metrics.csv"):
-        if row["phase"] == "baseline":
-            label = "baseline"
-        else:
-            label = f"T = {float(row['temperature']):g}, alpha = {float(row['alpha']):g}"
-        curves[label][int(row["epoch"])].append(percent(row["test_acc"]))
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for label in sorted(curves, key=lambda l: (l != "baseline", l)):
-        epochs = sorted(curves[label])
-        style = ":" if label == "baseline" else "-"
-        ax.plot(epochs, [statistics.mean(curves[label][e]) for e in epochs], style, marker=".", label=label)
+        key = None if row["phase"] == "baseline" else (float(row["temperature"]), float(row["alpha"]))
+        curves[key][int(row["epoch"])].append(percent(row["test_acc"]))
+    temperatures = sorted({k[0] for k in curves if k})
+    alphas = sorted({k[1] for k in curves if k})
+    colours = plt.get_cmap("viridis")
+    styles = ["-", "--", "-.", ":"]
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    for key in sorted(curves, key=lambda k: (k is not None, k or ())):
+        epochs = sorted(curves[key])
+        means = [statistics.mean(curves[key][e]) for e in epochs]
+        if key is None:
+            ax.plot(epochs, means, color="black", marker=".", label="baseline")
+            continue
+        t, a = key
+        colour = colours(temperatures.index(t) / max(1, len(temperatures) - 1))
+        style = styles[alphas.index(a) % len(styles)]
+        ax.plot(epochs, means, style, color=colour, marker=".", label=f"T = {t:g}, alpha = {a:g}")
     ax.set_xlabel("epoch")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xticks(sorted({e for c in curves.values() for e in c}))
     ax.set_ylabel("test accuracy (%), mean over seeds")
     ax.set_title("Learning curves of the sweep's points")
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize="x-small", ncol=2)
+    ax.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.02, 1))
     return save(fig, folder, "learning_curves.png")
 
 
@@ -113,7 +121,7 @@ def run_curves(folder):
     loss.set_yscale("log")
     loss.set_title("Training loss")
     for ax in (acc, loss):
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xticks(sorted({int(r["epoch"]) for rows in phases.values() for r in rows}))
         ax.grid(True, alpha=0.3)
         ax.legend()
     return save(fig, folder, "learning_curves.png")
@@ -132,6 +140,8 @@ def main():
         sys.exit(__doc__)
     folder = sys.argv[1]
     if os.path.exists(os.path.join(folder, "sweep.csv")):
+        if not read(folder, "sweep.csv"):
+            sys.exit(f"{folder} holds no finished sweep point to plot")
         written = [sweep_accuracy(folder), sweep_curves(folder)]
     elif os.path.exists(os.path.join(folder, "metrics.csv")):
         written = [run_curves(folder)]

@@ -91,7 +91,7 @@ pub struct OptimArgs {
 #[derive(Debug, Args)]
 pub struct KdArgs {
     /// Temperature T > 0 that softens teacher and student logits (softmax of logits / T).
-    #[arg(long, value_name = "T", default_value_t = 4.0, value_parser = positive)]
+    #[arg(long, value_name = "T", default_value_t = 4.0, value_parser = temperature)]
     pub temperature: f64,
     /// Weight of the soft (teacher) term in [0, 1]; the hard-label term gets 1 - alpha.
     #[arg(long, value_name = "A", default_value_t = 0.9, value_parser = unit_interval)]
@@ -233,7 +233,7 @@ pub struct SweepArgs {
     #[arg(long, value_name = "SPEC", default_value = "mlp:800x800")]
     pub student_model: ModelSpec,
     /// Temperatures, comma-separated.
-    #[arg(long, value_name = "T,...", value_delimiter = ',', value_parser = positive)]
+    #[arg(long, value_name = "T,...", value_delimiter = ',', value_parser = temperature)]
     #[arg(default_value = "1,2,4,8,20")]
     pub temperature: Vec<f64>,
     /// Alphas (weights of the soft term), comma-separated.
@@ -283,6 +283,9 @@ pub struct MergeArgs {
     /// The merged sweep folder.
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
+    /// Replace what --out already holds.
+    #[arg(long)]
+    pub force: bool,
     /// Do not draw the PNG plots at the end.
     #[arg(long)]
     pub no_plot: bool,
@@ -377,6 +380,16 @@ fn number(text: &str) -> Result<f64> {
         Ok(x) if x.is_finite() => Ok(x),
         _ => bail!("'{text}' is not a finite number"),
     }
+}
+
+/// A temperature: greater than 0, and within [0.001, 1000] where float32 logits divided by it
+/// stay finite.
+fn temperature(text: &str) -> Result<f64> {
+    let t = positive(text)?;
+    if !(1e-3..=1e3).contains(&t) {
+        bail!("must be between 0.001 and 1000 (beyond, softened logits overflow float32)");
+    }
+    Ok(t)
 }
 
 fn positive(text: &str) -> Result<f64> {

@@ -6,6 +6,7 @@ use std::process::Command;
 
 use anyhow::{Context, Result, anyhow, ensure};
 use serde::Serialize;
+use sha2::{Digest, Sha256};
 use tch::{CModule, Device, Kind, Tensor};
 
 use crate::checkpoint;
@@ -150,7 +151,7 @@ pub fn distill_command(args: &DistillArgs) -> Result<()> {
 /// `kd sweep` (and `kd sweep merge`): see [`crate::sweep`].
 pub fn sweep_command(args: &SweepArgs) -> Result<()> {
     if let Some(SweepAction::Merge(merge)) = &args.action {
-        sweep::merge(&merge.parts, &merge.out)?;
+        sweep::merge(&merge.parts, &merge.out, merge.force)?;
         if !merge.no_plot {
             plot(&merge.out);
         }
@@ -161,6 +162,12 @@ pub fn sweep_command(args: &SweepArgs) -> Result<()> {
     let teacher = checkpoint::load(teacher_path, common.device, args.teacher_model.as_ref())
         .context("cannot load the teacher")?;
     check_teacher_classes(&teacher)?;
+    let seeds = if args.seeds.is_empty() { vec![common.seed] } else { args.seeds.clone() };
+    no_repeats("--temperature", &args.temperature)?;
+    no_repeats("--alpha", &args.alpha)?;
+    no_repeats("--seeds", &seeds)?;
+    let teacher_bytes = std::fs::read(teacher_path)
+        .with_context(|| format!("cannot read {}", teacher_path.display()))?;
     let data = load_data(common)?;
     let config = SweepConfig {
         kd_version: env!("CARGO_PKG_VERSION").to_string(),
@@ -169,12 +176,13 @@ pub fn sweep_command(args: &SweepArgs) -> Result<()> {
         train_samples: data.train.len(),
         teacher_checkpoint: teacher_path.clone(),
         teacher_model: teacher.spec.to_string(),
+        teacher_sha256: Sha256::digest(&teacher_bytes).iter().map(|b| format!("{b:02x}")).collect(),
         student_model: args.student_model.to_string(),
         student: args.optim.phase(args.epochs, args.jitter, common.seed),
         kd_loss: args.kd_loss,
         temperatures: args.temperature.clone(),
         alphas: args.alpha.clone(),
-        seeds: if args.seeds.is_empty() { vec![common.seed] } else { args.seeds.clone() },
+        seeds,
         baseline: !args.no_baseline,
         shard: args.shard,
     };
@@ -324,6 +332,14 @@ fn torch_message(error: &tch::TchError) -> String {
         .find(|l| !l.is_empty())
         .unwrap_or("unknown libtorch error")
         .to_string()
+}
+
+/// Refuses a grid list that names a value twice (it would count as an extra seed).
+fn no_repeats<T: PartialEq + std::fmt::Display>(option: &str, values: &[T]) -> Result<()> {
+    for (i, value) in values.iter().enumerate() {
+        ensure!(!values[..i].contains(value), "{option} lists {value} more than once");
+    }
+    Ok(())
 }
 
 fn check_teacher_classes(teacher: &Model) -> Result<()> {

@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint;
@@ -33,6 +33,8 @@ pub struct SweepConfig {
     pub train_samples: i64,
     pub teacher_checkpoint: PathBuf,
     pub teacher_model: String,
+    /// SHA-256 of the teacher checkpoint, so a teacher replaced at the same path is noticed.
+    pub teacher_sha256: String,
     pub student_model: String,
     /// The phase settings; its `seed` is replaced by each point's seed.
     pub student: PhaseConfig,
@@ -202,26 +204,31 @@ fn groups(points: &[Point], size: usize) -> Vec<Vec<Point>> {
 /// Creates or checks the folder; returns the keys of the points already finished, and keeps
 /// only their rows in `metrics.csv`.
 fn prepare_folder(config: &SweepConfig, dir: &Path) -> Result<HashSet<String>> {
+    if dir.join("config.json").exists() {
+        let differences = differing_settings(&read_config(dir)?, config)?;
+        ensure!(
+            differences.is_empty(),
+            "{} holds a different sweep (its config.json differs in {}); resume it with the same \
+             options, or choose another --out, or pass --force to start afresh",
+            dir.display(),
+            differences.join(", ")
+        );
+    }
     fs::create_dir_all(dir.join("points"))
         .with_context(|| format!("cannot create sweep folder {}", dir.display()))?;
-    let config_path = dir.join("config.json");
-    if config_path.exists() {
-        let saved: SweepConfig =
-            serde_json::from_slice(&fs::read(&config_path)?).with_context(|| {
-                format!("{} is not a kd sweep configuration", config_path.display())
-            })?;
-        if &saved != config {
-            bail!(
-                "{} holds a different sweep (its config.json differs from these options); \
-                 resume it with the same options or choose another --out",
-                dir.display()
-            );
-        }
-    }
-    write_atomically(&config_path, serde_json::to_string_pretty(config)?.as_bytes())?;
+    write_atomically(&dir.join("config.json"), serde_json::to_string_pretty(config)?.as_bytes())?;
 
-    // A kill can cut the last line of a CSV; such a line belongs to an unfinished point.
+    // A kill can cut the last line of a CSV; such a line belongs to an unfinished point. A point
+    // counts as finished only with its row and its checkpoint.
     let rows: Vec<SweepRow> = read_intact_rows(&dir.join("sweep.csv"))?;
+    let rows: Vec<SweepRow> = rows
+        .into_iter()
+        .filter(|r| {
+            let key = row_point(r.temperature, r.alpha, r.seed).key();
+            dir.join("points").join(format!("{key}.safetensors")).is_file()
+        })
+        .collect();
+    write_rows(&dir.join("sweep.csv"), &rows)?;
     let finished: HashSet<String> =
         rows.iter().map(|r| row_point(r.temperature, r.alpha, r.seed).key()).collect();
     let epochs: Vec<PointEpoch> = read_intact_rows(&dir.join("metrics.csv"))?;
@@ -419,58 +426,107 @@ fn summary_table(rows: &[SeedSummary]) -> String {
 }
 
 /// Joins shard folders of one sweep into `out`: their configurations must agree but for the
-/// shard, and together they must hold every point of the grid exactly once.
-pub fn merge(parts: &[PathBuf], out: &Path) -> Result<SweepConfig> {
+/// shard, and together they must hold every point of the grid exactly once, each with its
+/// checkpoint. Everything is checked before `out` is written; `out` must not be one of the parts
+/// and must not hold a sweep already unless `force`.
+pub fn merge(parts: &[PathBuf], out: &Path, force: bool) -> Result<SweepConfig> {
     ensure!(!parts.is_empty(), "give the shard folders to merge");
-    let mut configs = vec![];
-    for part in parts {
-        let path = part.join("config.json");
-        let config: SweepConfig = serde_json::from_slice(
-            &fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?,
-        )
-        .with_context(|| format!("{} is not a kd sweep configuration", path.display()))?;
-        configs.push(config);
-    }
+    let configs = parts.iter().map(|part| read_config(part)).collect::<Result<Vec<_>>>()?;
     let merged = SweepConfig { shard: None, ..configs[0].clone() };
     for (part, config) in parts.iter().zip(&configs) {
+        let differences =
+            differing_settings(&SweepConfig { shard: None, ..config.clone() }, &merged)?;
         ensure!(
-            SweepConfig { shard: None, ..config.clone() } == merged,
-            "{} belongs to a different sweep than {}",
+            differences.is_empty(),
+            "{} belongs to a different sweep than {} (they differ in {})",
             part.display(),
-            parts[0].display()
+            parts[0].display(),
+            differences.join(", ")
         );
     }
+    check_merge_target(parts, out, force)?;
 
-    fs::create_dir_all(out.join("points"))
-        .with_context(|| format!("cannot create {}", out.display()))?;
-    let mut rows: Vec<SweepRow> = vec![];
+    let mut rows: Vec<(SweepRow, PathBuf)> = vec![];
     let mut epochs: Vec<PointEpoch> = vec![];
     for part in parts {
-        rows.extend(read_rows::<SweepRow>(&part.join("sweep.csv"))?);
+        rows.extend(
+            read_rows::<SweepRow>(&part.join("sweep.csv"))?.into_iter().map(|r| (r, part.clone())),
+        );
         epochs.extend(read_rows::<PointEpoch>(&part.join("metrics.csv"))?);
-        for entry in fs::read_dir(part.join("points"))
-            .with_context(|| format!("cannot read {}/points", part.display()))?
-        {
-            let entry = entry?;
-            fs::copy(entry.path(), out.join("points").join(entry.file_name()))
-                .with_context(|| format!("cannot copy {}", entry.path().display()))?;
-        }
     }
-    let keys: Vec<String> =
-        rows.iter().map(|r| row_point(r.temperature, r.alpha, r.seed).key()).collect();
-    let unique: HashSet<&String> = keys.iter().collect();
-    ensure!(unique.len() == keys.len(), "a point appears in more than one part");
+    let mut seen = HashSet::new();
+    for (row, part) in &rows {
+        let key = row_point(row.temperature, row.alpha, row.seed).key();
+        ensure!(
+            seen.insert(key.clone()),
+            "point {key} appears twice (again in {})",
+            part.display()
+        );
+        let checkpoint = part.join("points").join(format!("{key}.safetensors"));
+        ensure!(checkpoint.is_file(), "{} is missing", checkpoint.display());
+    }
     let missing: Vec<String> =
-        merged.grid().iter().map(Point::key).filter(|k| !unique.contains(k)).collect();
+        merged.grid().iter().map(Point::key).filter(|k| !seen.contains(k)).collect();
     ensure!(missing.is_empty(), "the parts lack {} points: {}", missing.len(), missing.join(", "));
 
+    clear(out)?;
+    fs::create_dir_all(out.join("points"))
+        .with_context(|| format!("cannot create {}", out.display()))?;
+    for (row, part) in &rows {
+        let name = format!("{}.safetensors", row_point(row.temperature, row.alpha, row.seed).key());
+        fs::copy(part.join("points").join(&name), out.join("points").join(&name))
+            .with_context(|| format!("cannot copy {name} from {}", part.display()))?;
+    }
     fs::copy(parts[0].join("summary.csv"), out.join("summary.csv"))
         .context("cannot copy the teacher's summary.csv")?;
     write_atomically(&out.join("config.json"), serde_json::to_string_pretty(&merged)?.as_bytes())?;
-    write_rows(&out.join("sweep.csv"), &rows)?;
+    write_rows(&out.join("sweep.csv"), &rows.into_iter().map(|(r, _)| r).collect::<Vec<_>>())?;
     write_rows(&out.join("metrics.csv"), &epochs)?;
     finish_sweep(&merged, out)?;
     Ok(merged)
+}
+
+/// Refuses to merge into one of the parts, or over an existing folder without `force`.
+fn check_merge_target(parts: &[PathBuf], out: &Path, force: bool) -> Result<()> {
+    if let Ok(target) = out.canonicalize() {
+        for part in parts {
+            ensure!(
+                part.canonicalize().ok().as_ref() != Some(&target),
+                "--out {} is one of the parts; merge into a new folder",
+                out.display()
+            );
+        }
+        let occupied =
+            fs::read_dir(out).map(|mut entries| entries.next().is_some()).unwrap_or(false);
+        ensure!(
+            force || !occupied,
+            "{} is not empty; pass --force to replace it or choose another --out",
+            out.display()
+        );
+    }
+    Ok(())
+}
+
+/// A sweep folder's `config.json`.
+fn read_config(dir: &Path) -> Result<SweepConfig> {
+    let path = dir.join("config.json");
+    let bytes = fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    serde_json::from_slice(&bytes).map_err(|_| {
+        anyhow::anyhow!(
+            "{} is not a kd sweep folder (its config.json is not a sweep's)",
+            dir.display()
+        )
+    })
+}
+
+/// The names of the settings in which two sweep configurations differ.
+fn differing_settings(a: &SweepConfig, b: &SweepConfig) -> Result<Vec<String>> {
+    let (a, b) = (serde_json::to_value(a)?, serde_json::to_value(b)?);
+    let (Some(a), Some(b)) = (a.as_object(), b.as_object()) else { return Ok(vec![]) };
+    Ok(a.iter()
+        .filter(|(key, value)| b.get(*key) != Some(value))
+        .map(|(key, _)| key.clone())
+        .collect())
 }
 
 fn read_rows<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Vec<T>> {

@@ -261,7 +261,8 @@ pub fn train_group(
             let (train_loss, train_seconds) = losses[k];
             ensure!(
                 train_loss.is_finite(),
-                "{} phase, epoch {epoch}: the training loss became {train_loss}; try a lower --lr",
+                "{} phase, epoch {epoch}: the training loss became {train_loss}; try a lower --lr \
+                 (or a temperature nearer 1)",
                 member.phase.name()
             );
             let start = Instant::now();

@@ -185,6 +185,23 @@ fn merged_shards_equal_the_whole_sweep() {
     assert_eq!(results(&merged), results(&whole));
     assert_eq!(std::fs::read_dir(merged.join("points")).unwrap().count(), 10);
 
+    // Merging into one of the parts, or over a folder that holds something, is refused and
+    // leaves that folder as it was.
+    let part_files = std::fs::read(parts[0].join("sweep.csv")).unwrap();
+    let mut into_part: Vec<&str> = vec!["sweep", "merge"];
+    into_part.extend(parts.iter().map(|p| p.to_str().unwrap()));
+    into_part.extend(["--out", parts[0].to_str().unwrap(), "--no-plot"]);
+    let output = kd(&into_part);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(text(&output.stderr).contains("is one of the parts"), "{}", text(&output.stderr));
+    assert_eq!(std::fs::read(parts[0].join("sweep.csv")).unwrap(), part_files);
+    let output = kd(&args);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(text(&output.stderr).contains("is not empty; pass --force"), "{}", text(&output.stderr));
+    let forced: Vec<&str> = args.iter().copied().chain(["--force"]).collect();
+    assert!(kd(&forced).status.success());
+    assert_eq!(results(&merged), results(&whole));
+
     // Two shards of three do not make a sweep.
     let output = kd(&[
         "sweep",
@@ -196,6 +213,14 @@ fn merged_shards_equal_the_whole_sweep() {
     ]);
     assert_eq!(output.status.code(), Some(1));
     assert!(text(&output.stderr).contains("the parts lack"), "{}", text(&output.stderr));
+    // A value listed twice would count as an extra seed; a temperature beyond float32's range
+    // would overflow.
+    let output = sweep(&teacher, &dir.path().join("twice"), &["--seeds", "0,0"]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(text(&output.stderr).contains("--seeds lists 0 more than once"), "{}", text(&output.stderr));
+    let output = sweep(&teacher, &dir.path().join("tiny"), &["--temperature", "1e-300"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(text(&output.stderr).contains("between 0.001 and 1000"), "{}", text(&output.stderr));
     // Shards given as 0/3 or 4/3 are option errors.
     for bad in ["0/3", "4/3", "x"] {
         let output = sweep(&teacher, &dir.path().join("bad"), &["--shard", bad]);
