@@ -197,7 +197,11 @@ fn merged_shards_equal_the_whole_sweep() {
     assert_eq!(std::fs::read(parts[0].join("sweep.csv")).unwrap(), part_files);
     let output = kd(&args);
     assert_eq!(output.status.code(), Some(1));
-    assert!(text(&output.stderr).contains("is not empty; pass --force"), "{}", text(&output.stderr));
+    assert!(
+        text(&output.stderr).contains("is not empty; pass --force"),
+        "{}",
+        text(&output.stderr)
+    );
     let forced: Vec<&str> = args.iter().copied().chain(["--force"]).collect();
     assert!(kd(&forced).status.success());
     assert_eq!(results(&merged), results(&whole));
@@ -217,7 +221,11 @@ fn merged_shards_equal_the_whole_sweep() {
     // would overflow.
     let output = sweep(&teacher, &dir.path().join("twice"), &["--seeds", "0,0"]);
     assert_eq!(output.status.code(), Some(1));
-    assert!(text(&output.stderr).contains("--seeds lists 0 more than once"), "{}", text(&output.stderr));
+    assert!(
+        text(&output.stderr).contains("--seeds lists 0 more than once"),
+        "{}",
+        text(&output.stderr)
+    );
     let output = sweep(&teacher, &dir.path().join("tiny"), &["--temperature", "1e-300"]);
     assert_eq!(output.status.code(), Some(2));
     assert!(text(&output.stderr).contains("between 0.001 and 1000"), "{}", text(&output.stderr));
