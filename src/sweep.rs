@@ -182,9 +182,11 @@ pub fn run_sweep(
     // would not reproduce a lone run, so they train one at a time.
     let group_size = if spec.dropout > 0.0 || spec.input_dropout > 0.0 { 1 } else { group_size };
 
-    let targets = TeacherTargets::new(teacher, data, config.student.jitter, true);
-    for group in groups(&pending, group_size) {
-        train_points(config, &spec, &group, &targets, data, dir)?;
+    if !pending.is_empty() {
+        let targets = TeacherTargets::new(teacher, data, config.student.jitter, true);
+        for group in groups(&pending, group_size) {
+            train_points(config, &spec, &group, &targets, data, dir)?;
+        }
     }
     finish_sweep(config, dir)
 }
