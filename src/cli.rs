@@ -10,6 +10,7 @@ use tch::{Cuda, Device};
 
 use crate::loss::KdLoss;
 use crate::models::ModelSpec;
+use crate::teacher::{Ensemble, InputLayout};
 use crate::train::{DistillConfig, PhaseConfig, Schedule};
 
 /// Knowledge distillation: train a teacher, distill it into a small student, export the student.
@@ -158,12 +159,8 @@ pub struct DistillArgs {
     pub optim: OptimArgs,
     #[command(flatten)]
     pub kd: KdArgs,
-    /// Teacher checkpoint (.safetensors written by kd teacher or kd run).
-    #[arg(long, value_name = "PATH")]
-    pub teacher: PathBuf,
-    /// Teacher spec, needed only for checkpoints that do not record theirs.
-    #[arg(long, value_name = "SPEC")]
-    pub teacher_model: Option<ModelSpec>,
+    #[command(flatten)]
+    pub teacher: TeacherSource,
     /// Student model spec.
     #[arg(long, value_name = "SPEC", default_value = "mlp:800x800")]
     pub student_model: ModelSpec,
@@ -176,6 +173,26 @@ pub struct DistillArgs {
     /// Also train the same student without the teacher, as a reference.
     #[arg(long)]
     pub baseline: bool,
+}
+
+/// Where the teacher of `kd distill` and `kd sweep` comes from.
+#[derive(Debug, Args)]
+pub struct TeacherSource {
+    /// Teacher: a kd checkpoint (.safetensors) or a TorchScript file saved in PyTorch from
+    /// torch.jit.script or torch.jit.trace. Repeat the option for an ensemble.
+    #[arg(long = "teacher", value_name = "PATH", required = true)]
+    pub paths: Vec<PathBuf>,
+    /// Teacher spec, needed only for kd checkpoints that do not record theirs.
+    #[arg(long, value_name = "SPEC")]
+    pub teacher_model: Option<ModelSpec>,
+    /// Input layout of TorchScript teachers: flat [n, 784], image [n, 1, 28, 28], or auto (try
+    /// both).
+    #[arg(long, value_name = "LAYOUT", value_enum, default_value = "auto")]
+    pub teacher_input: InputLayout,
+    /// How an ensemble's members make one soft target: the mean of their softened
+    /// probabilities (as in Hinton et al.), or the softmax of their mean logits.
+    #[arg(long, value_name = "HOW", value_enum, default_value = "probabilities")]
+    pub ensemble: Ensemble,
 }
 
 #[derive(Debug, Args)]
@@ -223,12 +240,8 @@ pub struct SweepArgs {
     pub common: CommonArgs,
     #[command(flatten)]
     pub optim: OptimArgs,
-    /// Teacher checkpoint (.safetensors written by kd teacher or kd run).
-    #[arg(long, value_name = "PATH", required = true)]
-    pub teacher: Option<PathBuf>,
-    /// Teacher spec, needed only for checkpoints that do not record theirs.
-    #[arg(long, value_name = "SPEC")]
-    pub teacher_model: Option<ModelSpec>,
+    #[command(flatten)]
+    pub teacher: TeacherSource,
     /// Student model spec.
     #[arg(long, value_name = "SPEC", default_value = "mlp:800x800")]
     pub student_model: ModelSpec,

@@ -4,20 +4,22 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use anyhow::{Context, Result, anyhow, ensure};
+use anyhow::{Context, Result, ensure};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use tch::{CModule, Device, Kind, Tensor};
+use tch::Device;
 
 use crate::checkpoint;
 use crate::cli::{
     CommonArgs, DistillArgs, EvalArgs, ExportArgs, RunArgs, SweepAction, SweepArgs, TeacherArgs,
+    TeacherSource,
 };
-use crate::data::{CLASSES, IMAGE_PIXELS, Mnist, Split, load_mnist, load_test_split};
+use crate::data::{CLASSES, IMAGE_PIXELS, Mnist, load_mnist, load_test_split};
 use crate::export::export_torchscript;
 use crate::models::{Model, ModelSpec};
-use crate::report::{RunDir, SummaryRow, status, table, teacher_row};
-use crate::sweep::{self, SweepConfig};
+use crate::report::{RunDir, SummaryRow, status, table, teacher_rows};
+use crate::sweep::{self, SweepConfig, TeacherFile};
+use crate::teacher::{Ensemble, InputLayout, Teacher, TeacherNet};
 use crate::train::{
     DistillConfig, EpochRecord, Phase, PhaseConfig, distill, evaluation_from_logits, seeded_model,
     train_baseline, train_teacher,
@@ -33,7 +35,10 @@ struct RunConfig {
     train_samples: i64,
     seed: i64,
     teacher_model: String,
-    teacher_checkpoint: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    teacher_checkpoints: Vec<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ensemble: Option<Ensemble>,
     student_model: Option<String>,
     teacher: Option<PhaseConfig>,
     student: Option<PhaseConfig>,
@@ -72,21 +77,25 @@ pub fn run(args: &RunArgs) -> Result<()> {
         ..RunConfig::new("run", common, &data)
     })?;
 
-    let teacher = new_model(&args.teacher_model, common, Phase::Teacher);
-    let records = train_teacher(&teacher, &data, &teacher_config, &mut |r| dir.record_epoch(r))?;
+    let mut teacher = new_model(&args.teacher_model, common, Phase::Teacher);
+    let records =
+        train_teacher(&mut teacher, &data, &teacher_config, &mut |r| dir.record_epoch(r))?;
     checkpoint::save(&teacher, &dir.file("teacher.safetensors"))?;
     let mut rows = vec![summary_row(Phase::Teacher, &teacher, &records, None)];
+    let teacher =
+        Teacher::single(TeacherNet::from_model(teacher, &dir.file("teacher.safetensors")));
 
-    let baseline = new_model(&args.student_model, common, Phase::Baseline);
-    let records = train_baseline(&baseline, Some(&teacher), &data, &student_config, &mut |r| {
-        dir.record_epoch(r)
-    })?;
+    let mut baseline = new_model(&args.student_model, common, Phase::Baseline);
+    let records =
+        train_baseline(&mut baseline, Some(&teacher), &data, &student_config, &mut |r| {
+            dir.record_epoch(r)
+        })?;
     checkpoint::save(&baseline, &dir.file("baseline.safetensors"))?;
     rows.push(summary_row(Phase::Baseline, &baseline, &records, None));
 
     let mut student = new_model(&args.student_model, common, Phase::Student);
     let records =
-        distill(&student, &teacher, &data, &student_config, &kd, &mut |r| dir.record_epoch(r))?;
+        distill(&mut student, &teacher, &data, &student_config, &kd, &mut |r| dir.record_epoch(r))?;
     rows.push(summary_row(Phase::Student, &student, &records, Some(&kd)));
     save_student(&mut student, &dir)?;
 
@@ -105,8 +114,8 @@ pub fn teacher(args: &TeacherArgs) -> Result<()> {
         ..RunConfig::new("teacher", common, &data)
     })?;
 
-    let teacher = new_model(&args.teacher_model, common, Phase::Teacher);
-    let records = train_teacher(&teacher, &data, &config, &mut |r| dir.record_epoch(r))?;
+    let mut teacher = new_model(&args.teacher_model, common, Phase::Teacher);
+    let records = train_teacher(&mut teacher, &data, &config, &mut |r| dir.record_epoch(r))?;
     checkpoint::save(&teacher, &dir.file("teacher.safetensors"))?;
     finish(&dir, &[summary_row(Phase::Teacher, &teacher, &records, None)], common)
 }
@@ -115,26 +124,25 @@ pub fn teacher(args: &TeacherArgs) -> Result<()> {
 /// trained without the teacher).
 pub fn distill_command(args: &DistillArgs) -> Result<()> {
     let common = &args.common;
-    let teacher = checkpoint::load(&args.teacher, common.device, args.teacher_model.as_ref())
-        .context("cannot load the teacher")?;
-    check_teacher_classes(&teacher)?;
     let data = load_data(common)?;
+    let teacher = load_teacher(&args.teacher, common, &data)?;
     let config = args.optim.phase(args.epochs, args.jitter, common.seed);
     let kd = args.kd.config();
     let mut dir = RunDir::create(&run_folder(common, "distill"), common.force)?;
     dir.write_config(&RunConfig {
-        teacher_model: teacher.spec.to_string(),
-        teacher_checkpoint: Some(args.teacher.clone()),
+        teacher_model: teacher.description(),
+        teacher_checkpoints: args.teacher.paths.clone(),
+        ensemble: (teacher.members.len() > 1).then_some(teacher.ensemble),
         student_model: Some(args.student_model.to_string()),
         student: Some(config.clone()),
         distill: Some(kd),
         ..RunConfig::new("distill", common, &data)
     })?;
-    let mut rows = vec![teacher_row(&teacher, &data.test)];
+    let mut rows = teacher_rows(&teacher, &data.test);
 
     if args.baseline {
-        let baseline = new_model(&args.student_model, common, Phase::Baseline);
-        let records = train_baseline(&baseline, Some(&teacher), &data, &config, &mut |r| {
+        let mut baseline = new_model(&args.student_model, common, Phase::Baseline);
+        let records = train_baseline(&mut baseline, Some(&teacher), &data, &config, &mut |r| {
             dir.record_epoch(r)
         })?;
         checkpoint::save(&baseline, &dir.file("baseline.safetensors"))?;
@@ -142,7 +150,8 @@ pub fn distill_command(args: &DistillArgs) -> Result<()> {
     }
 
     let mut student = new_model(&args.student_model, common, Phase::Student);
-    let records = distill(&student, &teacher, &data, &config, &kd, &mut |r| dir.record_epoch(r))?;
+    let records =
+        distill(&mut student, &teacher, &data, &config, &kd, &mut |r| dir.record_epoch(r))?;
     rows.push(summary_row(Phase::Student, &student, &records, Some(&kd)));
     save_student(&mut student, &dir)?;
     finish(&dir, &rows, common)
@@ -158,25 +167,32 @@ pub fn sweep_command(args: &SweepArgs) -> Result<()> {
         return Ok(());
     }
     let common = &args.common;
-    let teacher_path = args.teacher.as_ref().context("--teacher is required")?;
-    let teacher = checkpoint::load(teacher_path, common.device, args.teacher_model.as_ref())
-        .context("cannot load the teacher")?;
-    check_teacher_classes(&teacher)?;
     let seeds = if args.seeds.is_empty() { vec![common.seed] } else { args.seeds.clone() };
     no_repeats("--temperature", &args.temperature)?;
     no_repeats("--alpha", &args.alpha)?;
     no_repeats("--seeds", &seeds)?;
-    let teacher_bytes = std::fs::read(teacher_path)
-        .with_context(|| format!("cannot read {}", teacher_path.display()))?;
     let data = load_data(common)?;
+    let teacher = load_teacher(&args.teacher, common, &data)?;
+    let teachers = teacher
+        .members
+        .iter()
+        .map(|m| {
+            let bytes = std::fs::read(&m.source)
+                .with_context(|| format!("cannot read {}", m.source.display()))?;
+            Ok(TeacherFile {
+                path: m.source.clone(),
+                model: m.description.clone(),
+                sha256: Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect(),
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
     let config = SweepConfig {
         kd_version: env!("CARGO_PKG_VERSION").to_string(),
         data: common.data.clone(),
         device: device_name(common.device),
         train_samples: data.train.len(),
-        teacher_checkpoint: teacher_path.clone(),
-        teacher_model: teacher.spec.to_string(),
-        teacher_sha256: Sha256::digest(&teacher_bytes).iter().map(|b| format!("{b:02x}")).collect(),
+        teachers,
+        ensemble: teacher.ensemble,
         student_model: args.student_model.to_string(),
         student: args.optim.phase(args.epochs, args.jitter, common.seed),
         kd_loss: args.kd_loss,
@@ -201,12 +217,11 @@ pub fn sweep_command(args: &SweepArgs) -> Result<()> {
 /// `kd eval`: test-set figures of a checkpoint or a TorchScript file, per class too.
 pub fn eval(args: &EvalArgs) -> Result<()> {
     let test = load_test_split(&args.data, args.device)?;
-    let (name, logits) = if is_torchscript(&args.model) {
-        ("TorchScript".to_string(), torchscript_logits(&args.model, &test, args.device)?)
-    } else {
-        let model = checkpoint::load(&args.model, args.device, args.model_spec.as_ref())?;
-        (model.spec.to_string(), crate::train::predict(&model, &test.images))
-    };
+    let probe = test.images.narrow(0, 0, test.len().min(2));
+    let spec = args.model_spec.as_ref();
+    let model = TeacherNet::load(&args.model, args.device, spec, InputLayout::Auto, &probe)?;
+    let logits = model.predict(&test.images);
+    let name = model.description;
 
     let eval = evaluation_from_logits(&logits, &test.labels, None);
     println!("model      {} ({name})", args.model.display());
@@ -252,6 +267,29 @@ fn load_data(common: &CommonArgs) -> Result<Mnist> {
         common.seed
     ));
     Ok(data)
+}
+
+/// Loads the teacher (or ensemble) named by `source`, checked on a few of `data`'s images.
+fn load_teacher(source: &TeacherSource, common: &CommonArgs, data: &Mnist) -> Result<Teacher> {
+    let probe = data.test.images.narrow(0, 0, data.test.len().min(2));
+    let spec = source.teacher_model.as_ref();
+    let teacher = Teacher::load(
+        &source.paths,
+        common.device,
+        spec,
+        source.teacher_input,
+        source.ensemble,
+        &probe,
+    )?;
+    for member in &teacher.members {
+        status(&format!(
+            "teacher: {} from {}, {} parameters",
+            member.description,
+            member.source.display(),
+            member.params
+        ));
+    }
+    Ok(teacher)
 }
 
 fn new_model(spec: &ModelSpec, common: &CommonArgs, phase: Phase) -> Model {
@@ -304,50 +342,11 @@ fn run_folder(common: &CommonArgs, command: &str) -> PathBuf {
     })
 }
 
-/// Logits of a TorchScript model for the test split, checked to be `[n, classes]`.
-fn torchscript_logits(path: &Path, test: &Split, device: Device) -> Result<Tensor> {
-    ensure!(path.is_file(), "{} does not exist", path.display());
-    let module = CModule::load_on_device(path, device).map_err(|e| {
-        anyhow!("{} is not a TorchScript model: {}", path.display(), torch_message(&e))
-    })?;
-    let logits = tch::no_grad(|| module.forward_ts(&[&test.images])).map_err(|e| {
-        anyhow!("{} failed on a [n, 784] batch: {}", path.display(), torch_message(&e))
-    })?;
-    ensure!(
-        logits.size() == [test.len(), CLASSES],
-        "{} returned shape {:?}, expected [{}, {CLASSES}]",
-        path.display(),
-        logits.size(),
-        test.len()
-    );
-    Ok(logits.to_kind(Kind::Float))
-}
-
-/// The first line of a libtorch error, without the C++ stack trace that follows it.
-fn torch_message(error: &tch::TchError) -> String {
-    let text = error.to_string();
-    let text = text.split("Exception raised from").next().unwrap_or_default();
-    text.lines()
-        .map(str::trim)
-        .find(|l| !l.is_empty())
-        .unwrap_or("unknown libtorch error")
-        .to_string()
-}
-
 /// Refuses a grid list that names a value twice (it would count as an extra seed).
 fn no_repeats<T: PartialEq + std::fmt::Display>(option: &str, values: &[T]) -> Result<()> {
     for (i, value) in values.iter().enumerate() {
         ensure!(!values[..i].contains(value), "{option} lists {value} more than once");
     }
-    Ok(())
-}
-
-fn check_teacher_classes(teacher: &Model) -> Result<()> {
-    ensure!(
-        teacher.classes == CLASSES,
-        "the teacher has {} classes but the student {CLASSES} (MNIST's digits)",
-        teacher.classes
-    );
     Ok(())
 }
 
@@ -381,8 +380,4 @@ fn device_name(device: Device) -> String {
         Device::Cuda(index) => format!("cuda:{index}"),
         other => format!("{other:?}").to_lowercase(),
     }
-}
-
-fn is_torchscript(path: &Path) -> bool {
-    path.extension().is_some_and(|e| e == "pt" || e == "pth")
 }

@@ -49,6 +49,11 @@ impl Split {
         (self.images.index_select(0, index), self.labels.index_select(0, index))
     }
 
+    /// A second handle on the same tensors (no copy), for another thread.
+    pub fn shallow_clone(&self) -> Split {
+        Split { images: self.images.shallow_clone(), labels: self.labels.shallow_clone() }
+    }
+
     /// The first `n` samples (all of them when `n` is larger).
     pub fn take(&self, n: i64) -> Split {
         let n = n.min(self.len());

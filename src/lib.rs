@@ -16,4 +16,5 @@ pub mod loss;
 pub mod models;
 pub mod report;
 pub mod sweep;
+pub mod teacher;
 pub mod train;

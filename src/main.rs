@@ -9,6 +9,7 @@ use kd::cli::{Cli, Command};
 use kd::commands;
 
 fn main() -> ExitCode {
+    reproducible_cpu_products();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let cli = Cli::parse();
     if let Some(common) = cli.command.common() {
@@ -28,4 +29,16 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     ExitCode::SUCCESS
+}
+
+/// Puts MKL, which computes libtorch's CPU matrix products, in its strict reproducible mode
+/// (`MKL_CBWR=AUTO,STRICT`: the best code path for this CPU, results that do not depend on the
+/// thread count), unless the user set `MKL_CBWR` already. A sweep then trains its points on
+/// single-threaded lanes and still reproduces lone runs made with any number of threads. MKL reads
+/// the variable at its first call, so this runs before anything touches libtorch.
+fn reproducible_cpu_products() {
+    if std::env::var_os("MKL_CBWR").is_none() {
+        // SAFETY: the process has one thread here; nothing reads the environment concurrently.
+        unsafe { std::env::set_var("MKL_CBWR", "AUTO,STRICT") };
+    }
 }

@@ -11,11 +11,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
+use tch::Tensor;
 
 use crate::checkpoint::temporary_path;
 use crate::data::Split;
-use crate::models::Model;
-use crate::train::{EpochRecord, Phase};
+use crate::teacher::{Teacher, soft_target_logits};
+use crate::train::{EpochRecord, Phase, evaluation_from_logits};
 
 static QUIET: AtomicBool = AtomicBool::new(false);
 
@@ -64,21 +65,38 @@ const RUN_FILES: [&str; 8] = [
     "student.json",
 ];
 
-/// The summary row of a teacher used as it is (loaded, not trained here): its figures on `test`.
-pub fn teacher_row(teacher: &Model, test: &Split) -> SummaryRow {
-    let eval = crate::train::evaluate(teacher, test, None);
-    SummaryRow {
-        phase: Phase::Teacher.name().to_string(),
-        model: teacher.spec.to_string(),
-        params: teacher.parameter_count(),
-        temperature: None,
-        alpha: None,
-        epochs: 0,
-        test_acc: eval.accuracy,
-        test_errors: eval.errors,
-        agreement: None,
-        seconds: 0.0,
+/// The summary rows of a teacher used as it is (loaded, not trained here): each member's
+/// figures on `test` and, for an ensemble, the ensemble's own.
+pub fn teacher_rows(teacher: &Teacher, test: &Split) -> Vec<SummaryRow> {
+    let row = |phase: &str, model: String, params: i64, logits: &Tensor| {
+        let eval = evaluation_from_logits(logits, &test.labels, None);
+        SummaryRow {
+            phase: phase.to_string(),
+            model,
+            params,
+            temperature: None,
+            alpha: None,
+            epochs: 0,
+            test_acc: eval.accuracy,
+            test_errors: eval.errors,
+            agreement: None,
+            seconds: 0.0,
+        }
+    };
+    let stacked = teacher.member_logits(&test.images);
+    let mut rows: Vec<SummaryRow> = teacher
+        .members
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            row(Phase::Teacher.name(), m.description.clone(), m.params, &stacked.get(i as i64))
+        })
+        .collect();
+    if teacher.members.len() > 1 {
+        let combined = soft_target_logits(&stacked, 1.0, teacher.ensemble);
+        rows.push(row("ensemble", teacher.description(), teacher.params(), &combined));
     }
+    rows
 }
 
 /// A run folder being written.

@@ -18,7 +18,8 @@ use crate::checkpoint;
 use crate::data::{CLASSES, Mnist};
 use crate::loss::KdLoss;
 use crate::models::{Model, ModelSpec};
-use crate::report::{status, teacher_row, write_atomically};
+use crate::report::{status, teacher_rows, write_atomically};
+use crate::teacher::{Ensemble, Teacher};
 use crate::train::{
     DistillConfig, EpochRecord, Member, Objective, Phase, PhaseConfig, TeacherTargets,
     seeded_model, train_group,
@@ -31,10 +32,9 @@ pub struct SweepConfig {
     pub data: PathBuf,
     pub device: String,
     pub train_samples: i64,
-    pub teacher_checkpoint: PathBuf,
-    pub teacher_model: String,
-    /// SHA-256 of the teacher checkpoint, so a teacher replaced at the same path is noticed.
-    pub teacher_sha256: String,
+    /// The teacher, or the members of an ensemble.
+    pub teachers: Vec<TeacherFile>,
+    pub ensemble: Ensemble,
     pub student_model: String,
     /// The phase settings; its `seed` is replaced by each point's seed.
     pub student: PhaseConfig,
@@ -45,6 +45,15 @@ pub struct SweepConfig {
     pub baseline: bool,
     /// `[I, N]`: this folder holds the I-th of N shards.
     pub shard: Option<[usize; 2]>,
+}
+
+/// A teacher file of a sweep.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TeacherFile {
+    pub path: PathBuf,
+    pub model: String,
+    /// SHA-256 of the file, so a teacher replaced at the same path is noticed.
+    pub sha256: String,
 }
 
 /// One training job of a sweep: the baseline of a seed (no temperature, alpha 0) or a
@@ -165,14 +174,14 @@ pub fn clear(dir: &Path) -> Result<()> {
 /// Runs (or resumes) the sweep `config` in `dir`, training at most `group_size` points at once.
 pub fn run_sweep(
     config: &SweepConfig,
-    teacher: &Model,
+    teacher: &Teacher,
     data: &Mnist,
     dir: &Path,
     group_size: usize,
 ) -> Result<()> {
     let spec: ModelSpec = config.student_model.parse()?;
     let finished = prepare_folder(config, dir)?;
-    write_rows(&dir.join("summary.csv"), &[teacher_row(teacher, &data.test)])?;
+    write_rows(&dir.join("summary.csv"), &teacher_rows(teacher, &data.test))?;
 
     let pending: Vec<Point> =
         config.points().into_iter().filter(|p| !finished.contains(&p.key())).collect();
@@ -257,13 +266,13 @@ fn train_points(
 ) -> Result<()> {
     let seed = points[0].seed;
     let phase = PhaseConfig { seed, ..config.student.clone() };
-    let models: Vec<Model> = points
+    let mut models: Vec<Model> = points
         .iter()
         .map(|_| seeded_model(spec, CLASSES, data.train.images.device(), seed))
         .collect();
-    let members: Vec<Member> = points
+    let mut members: Vec<Member> = points
         .iter()
-        .zip(&models)
+        .zip(&mut models)
         .map(|(point, model)| Member {
             model,
             phase: point.phase(),
@@ -281,7 +290,7 @@ fn train_points(
     status(&format!("sweep: training {} together (seed {seed})", names.join(", ")));
 
     let mut metrics = append_writer(&dir.join("metrics.csv"))?;
-    let records = train_group(&members, Some(teacher), data, &phase, &mut |k, record| {
+    let records = train_group(&mut members, Some(teacher), data, &phase, &mut |k, record| {
         metrics.serialize(point_epoch(&points[k], record))?;
         metrics.flush().context("cannot write metrics.csv")?;
         Ok(())

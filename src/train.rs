@@ -16,7 +16,8 @@ use tch::{Kind, Tensor};
 
 use crate::data::{Mnist, Split, epoch_batches, jitter};
 use crate::loss::{KdLoss, cross_entropy, distillation_loss};
-use crate::models::{Model, ModelSpec};
+use crate::models::{Arch, Model, ModelSpec};
+use crate::teacher::{Ensemble, Teacher, soft_target_logits};
 
 /// Batch size for evaluation and teacher prediction, where no gradient is kept.
 const EVAL_BATCH: i64 = 2000;
@@ -124,18 +125,19 @@ pub enum Objective {
 /// One model of a training group. All members of a group see the same batches (and the same
 /// teacher logits); each has its own optimizer.
 pub struct Member<'a> {
-    pub model: &'a Model,
+    pub model: &'a mut Model,
     pub phase: Phase,
     pub objective: Objective,
 }
 
-/// A trained teacher prepared for a data set, once for any number of students: its predicted
-/// classes on the test set (for agreement) and, when the students' inputs are not jittered, its
+/// A teacher prepared for a data set, once for any number of students: its predicted classes on
+/// the test set (for agreement) and, when the students' inputs are not jittered, its members'
 /// logits for the whole training set, looked up by sample index so they always belong to the
 /// batch's samples. With jitter the teacher runs on the very batch the students see. Either way
 /// one lookup or forward serves every member of a training group.
 pub struct TeacherTargets<'a> {
-    teacher: &'a Model,
+    teacher: &'a Teacher,
+    /// `[teacher members, n, classes]`.
     cached: Option<Tensor>,
     test_classes: Tensor,
 }
@@ -143,16 +145,18 @@ pub struct TeacherTargets<'a> {
 impl<'a> TeacherTargets<'a> {
     /// Prepares `teacher` for students trained with `jitter`; `soft_targets` is false when the
     /// students only report agreement (baselines) and need no training-set logits.
-    pub fn new(teacher: &'a Model, data: &Mnist, jitter: i64, soft_targets: bool) -> Self {
-        let cached = (soft_targets && jitter == 0).then(|| predict(teacher, &data.train.images));
-        let test_classes = predict(teacher, &data.test.images).argmax(-1, false);
+    pub fn new(teacher: &'a Teacher, data: &Mnist, jitter: i64, soft_targets: bool) -> Self {
+        let cached =
+            (soft_targets && jitter == 0).then(|| teacher.member_logits(&data.train.images));
+        let test_classes = teacher.logits(&data.test.images).argmax(-1, false);
         TeacherTargets { teacher, cached, test_classes }
     }
 
+    /// The members' logits `[members, b, classes]` for the batch `images` (the samples `index`).
     fn logits(&self, images: &Tensor, index: &Tensor, jittered: bool) -> Tensor {
         match (&self.cached, jittered) {
-            (Some(all), false) => all.index_select(0, index),
-            _ => tch::no_grad(|| self.teacher.forward_t(images, false)),
+            (Some(all), false) => all.index_select(1, index),
+            _ => self.teacher.member_logits(images),
         }
     }
 }
@@ -165,7 +169,7 @@ pub fn seeded_model(spec: &ModelSpec, classes: i64, device: tch::Device, seed: i
 
 /// Phase 1: trains the teacher on hard labels.
 pub fn train_teacher(
-    teacher: &Model,
+    teacher: &mut Model,
     data: &Mnist,
     config: &PhaseConfig,
     on_epoch: &mut dyn FnMut(&EpochRecord) -> Result<()>,
@@ -177,8 +181,8 @@ pub fn train_teacher(
 /// Phase 2: trains the student on hard labels alone, the no-distillation reference. With a
 /// `teacher`, each epoch also reports the student's agreement with it.
 pub fn train_baseline(
-    student: &Model,
-    teacher: Option<&Model>,
+    student: &mut Model,
+    teacher: Option<&Teacher>,
     data: &Mnist,
     config: &PhaseConfig,
     on_epoch: &mut dyn FnMut(&EpochRecord) -> Result<()>,
@@ -191,8 +195,8 @@ pub fn train_baseline(
 /// Phase 3: distills `teacher` into `student` with
 /// [`distillation_loss`](crate::loss::distillation_loss).
 pub fn distill(
-    student: &Model,
-    teacher: &Model,
+    student: &mut Model,
+    teacher: &Teacher,
     data: &Mnist,
     config: &PhaseConfig,
     distill: &DistillConfig,
@@ -211,7 +215,7 @@ fn train_one(
     config: &PhaseConfig,
     on_epoch: &mut dyn FnMut(&EpochRecord) -> Result<()>,
 ) -> Result<Vec<EpochRecord>> {
-    let mut records = train_group(&[member], teacher, data, config, &mut |_, r| on_epoch(r))?;
+    let mut records = train_group(&mut [member], teacher, data, config, &mut |_, r| on_epoch(r))?;
     Ok(records.remove(0))
 }
 
@@ -223,7 +227,7 @@ fn train_one(
 /// With a `teacher`, each epoch reports every member's agreement with it. `on_epoch` gets the
 /// member's position and its epoch record. Returns the records of each member.
 pub fn train_group(
-    members: &[Member],
+    members: &mut [Member],
     teacher: Option<&TeacherTargets>,
     data: &Mnist,
     config: &PhaseConfig,
@@ -232,17 +236,6 @@ pub fn train_group(
     ensure!(!data.train.is_empty(), "the training set is empty");
     let distills = members.iter().any(|m| matches!(m.objective, Objective::Distill(_)));
     ensure!(teacher.is_some() || !distills, "distillation needs a teacher");
-    if let Some(targets) = teacher {
-        for member in members {
-            ensure!(
-                member.model.classes == targets.teacher.classes,
-                "the teacher has {} classes but the student {}",
-                targets.teacher.classes,
-                member.model.classes
-            );
-        }
-    }
-
     tch::manual_seed(config.seed);
     let mut optimizers = members
         .iter()
@@ -256,18 +249,17 @@ pub fn train_group(
 
     for epoch in 1..=config.epochs {
         let first_step = (epoch - 1) * steps_per_epoch;
-        let losses = train_epoch(members, &mut optimizers, teacher, data, config, first_step);
-        for (k, member) in members.iter().enumerate() {
-            let (train_loss, train_seconds) = losses[k];
+        let results = train_epoch(members, &mut optimizers, teacher, data, config, first_step);
+        for (k, (member, result)) in members.iter().zip(results).enumerate() {
+            let train_loss = result.loss_sum.double_value(&[]) / data.train.len() as f64;
             ensure!(
                 train_loss.is_finite(),
                 "{} phase, epoch {epoch}: the training loss became {train_loss}; try a lower --lr \
                  (or a temperature nearer 1)",
                 member.phase.name()
             );
-            let start = Instant::now();
-            let eval = evaluate(member.model, &data.test, teacher.map(|t| &t.test_classes));
             let last_step = first_step + steps_per_epoch - 1;
+            let eval = result.eval;
             let record = EpochRecord {
                 phase: member.phase,
                 epoch,
@@ -277,7 +269,7 @@ pub fn train_group(
                 test_errors: eval.errors,
                 agreement: eval.agreement,
                 lr: config.schedule.lr(config.lr, last_step, steps_per_epoch * config.epochs),
-                seconds: train_seconds + start.elapsed().as_secs_f64(),
+                seconds: result.seconds,
             };
             on_epoch(k, &record)?;
             records[k].push(record);
@@ -286,63 +278,220 @@ pub fn train_group(
     Ok(records)
 }
 
-/// One pass over the training set for every member; returns each member's mean training loss
-/// and its seconds (its own steps plus an equal share of the work the group shares).
+/// What an epoch gives for one member.
+struct EpochResult {
+    /// Training loss summed over the samples (a tensor, so the device never waits on the host
+    /// inside the epoch).
+    loss_sum: Tensor,
+    /// The test-set evaluation at the end of the epoch.
+    eval: Evaluation,
+    /// The member's own steps and evaluation, plus an equal share of its lane's shared work.
+    seconds: f64,
+}
+
+/// One pass over the training set for every member, then a test-set evaluation of each.
+///
+/// Members train in lanes: a lane walks the epoch's batches once and steps each of its members
+/// on every batch. On the CPU, when nothing in a step draws random numbers (no dropout, no
+/// jitter) and the teacher's logits are cached, the members are spread over one lane per
+/// libtorch thread, each lane on a thread of its own running single-threaded kernels: small
+/// matrix products use a core better alone than split over two. The lanes' results equal the
+/// sequential ones because `kd` runs MKL in strict reproducible mode (see `main.rs`), where a
+/// product does not depend on the thread count, and the members' MLPs use no other reduction
+/// split by threads. Everything else trains in one lane on the calling thread.
 fn train_epoch(
-    members: &[Member],
+    members: &mut [Member],
     optimizers: &mut [nn::Optimizer],
     teacher: Option<&TeacherTargets>,
     data: &Mnist,
     config: &PhaseConfig,
     first_step: i64,
-) -> Vec<(f64, f64)> {
-    let n = data.train.len();
+) -> Vec<EpochResult> {
     let device = members[0].model.device();
     let distills = members.iter().any(|m| matches!(m.objective, Objective::Distill(_)));
-    let jittered = config.jitter > 0;
-    let batches = epoch_batches(n, config.batch_size, device);
-    let total_steps = config.epochs * batches.len() as i64;
-    let progress = progress_bar(batches.len() as u64);
-    // Summed as tensors so the device never waits on the host inside the epoch.
+    let batches = epoch_batches(data.train.len(), config.batch_size, device);
+    let plan = StepPlan { config, first_step, total_steps: config.epochs * batches.len() as i64 };
+    let progress = progress_bar((batches.len() * members.len()) as u64);
+    let cached = teacher.and_then(|t| t.cached.as_ref()).filter(|_| distills);
+    let ensemble = teacher.map_or(Ensemble::Probabilities, |t| t.teacher.ensemble);
+    let lanes = parallel_lanes(members, config, cached.is_some() || !distills);
+
+    let results = if lanes > 1 {
+        let per_lane = members.len().div_ceil(lanes);
+        let threads = tch::get_num_threads();
+        let results = std::thread::scope(|scope| {
+            let handles: Vec<_> = members
+                .chunks_mut(per_lane)
+                .zip(optimizers.chunks_mut(per_lane))
+                .map(|(lane, lane_optimizers)| {
+                    let own = LaneData::new(data, cached, teacher.map(|t| &t.test_classes));
+                    let batches: Vec<Tensor> = batches.iter().map(Tensor::shallow_clone).collect();
+                    let progress = progress.clone();
+                    scope.spawn(move || {
+                        tch::set_num_threads(1);
+                        let prepare = |index: &Tensor| own.batch(index);
+                        let lane_data = LaneInputs {
+                            batches: &batches,
+                            prepare: &prepare,
+                            test: &own.test,
+                            teacher_classes: own.teacher_classes.as_ref(),
+                            ensemble,
+                        };
+                        train_lane(lane, lane_optimizers, &lane_data, &plan, &progress)
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|handle| handle.join().expect("a training lane panicked"))
+                .collect()
+        });
+        tch::set_num_threads(threads);
+        results
+    } else {
+        let prepare = |index: &Tensor| {
+            let (images, labels) = data.train.batch(index);
+            let images = jitter(&images, config.jitter);
+            let teacher =
+                teacher.filter(|_| distills).map(|t| t.logits(&images, index, config.jitter > 0));
+            Batch { images, labels, teacher }
+        };
+        let inputs = LaneInputs {
+            batches: &batches,
+            prepare: &prepare,
+            test: &data.test,
+            teacher_classes: teacher.map(|t| &t.test_classes),
+            ensemble,
+        };
+        train_lane(members, optimizers, &inputs, &plan, &progress)
+    };
+    progress.finish_and_clear();
+    results
+}
+
+/// Where the steps of an epoch sit in the phase, for the learning-rate schedule.
+#[derive(Clone, Copy)]
+struct StepPlan<'a> {
+    config: &'a PhaseConfig,
+    first_step: i64,
+    total_steps: i64,
+}
+
+/// The inputs of one training step, shared by every member of a lane.
+struct Batch {
+    images: Tensor,
+    labels: Tensor,
+    teacher: Option<Tensor>,
+}
+
+/// What a lane reads: the epoch's batches, how to turn one into a step's inputs, and the test
+/// set with the teacher's predicted classes on it.
+struct LaneInputs<'a> {
+    batches: &'a [Tensor],
+    prepare: &'a dyn Fn(&Tensor) -> Batch,
+    test: &'a Split,
+    teacher_classes: Option<&'a Tensor>,
+    ensemble: Ensemble,
+}
+
+/// A lane thread's own handles on the data and the teacher's outputs (tensors cannot be shared
+/// between threads, but shallow clones of them can be moved).
+struct LaneData {
+    train: Split,
+    test: Split,
+    teacher_logits: Option<Tensor>,
+    teacher_classes: Option<Tensor>,
+}
+
+impl LaneData {
+    fn new(data: &Mnist, logits: Option<&Tensor>, classes: Option<&Tensor>) -> LaneData {
+        LaneData {
+            train: data.train.shallow_clone(),
+            test: data.test.shallow_clone(),
+            teacher_logits: logits.map(Tensor::shallow_clone),
+            teacher_classes: classes.map(Tensor::shallow_clone),
+        }
+    }
+
+    fn batch(&self, index: &Tensor) -> Batch {
+        let (images, labels) = self.train.batch(index);
+        let teacher = self.teacher_logits.as_ref().map(|t| t.index_select(1, index));
+        Batch { images, labels, teacher }
+    }
+}
+
+/// How many lanes an epoch of `members` may run in parallel (1: sequential). Parallel lanes
+/// need the CPU, MLP students without dropout, unjittered inputs and no live teacher forward
+/// (`teacher_ready`), so that no step draws from the shared generator.
+fn parallel_lanes(members: &[Member], config: &PhaseConfig, teacher_ready: bool) -> usize {
+    let deterministic = members.iter().all(|m| {
+        let spec = &m.model.spec;
+        matches!(spec.arch, Arch::Mlp { .. }) && spec.dropout == 0.0 && spec.input_dropout == 0.0
+    });
+    let on_cpu = members[0].model.device() == tch::Device::Cpu;
+    if !(on_cpu && deterministic && teacher_ready && config.jitter == 0) {
+        return 1;
+    }
+    (tch::get_num_threads().max(1) as usize).min(members.len())
+}
+
+/// Walks the batches once, stepping every member of the lane on each, then evaluates each
+/// member on the test set.
+fn train_lane(
+    members: &mut [Member],
+    optimizers: &mut [nn::Optimizer],
+    inputs: &LaneInputs,
+    plan: &StepPlan,
+    progress: &ProgressBar,
+) -> Vec<EpochResult> {
+    let device = members[0].model.device();
     let mut loss_sums: Vec<Tensor> =
         members.iter().map(|_| Tensor::zeros([], (Kind::Float, device))).collect();
     let mut own_seconds = vec![0.0; members.len()];
     let mut shared_seconds = 0.0;
+    let config = plan.config;
 
-    for (step, index) in batches.iter().enumerate() {
+    for (step, index) in inputs.batches.iter().enumerate() {
         let shared_start = Instant::now();
-        let lr = config.schedule.lr(config.lr, first_step + step as i64, total_steps);
-        let (images, labels) = data.train.batch(index);
-        let images = jitter(&images, config.jitter);
-        let teacher_logits =
-            teacher.filter(|_| distills).map(|t| t.logits(&images, index, jittered));
+        let lr = config.schedule.lr(config.lr, plan.first_step + step as i64, plan.total_steps);
+        let batch = (inputs.prepare)(index);
         shared_seconds += shared_start.elapsed().as_secs_f64();
 
         for (k, (member, optimizer)) in members.iter().zip(optimizers.iter_mut()).enumerate() {
             let start = Instant::now();
             optimizer.set_lr(lr);
-            let logits = member.model.forward_t(&images, true);
-            let loss = member_loss(member.objective, &logits, teacher_logits.as_ref(), &labels);
+            let logits = member.model.forward_t(&batch.images, true);
+            let teacher = batch.teacher.as_ref();
+            let loss =
+                member_loss(member.objective, &logits, teacher, inputs.ensemble, &batch.labels);
             optimizer.backward_step(&loss);
             member.model.apply_constraints();
             loss_sums[k] += loss.detach() * index.size()[0] as f64;
             own_seconds[k] += start.elapsed().as_secs_f64();
         }
-        progress.inc(1);
+        progress.inc(members.len() as u64);
     }
-    progress.finish_and_clear();
+
     let share = shared_seconds / members.len() as f64;
-    loss_sums
+    members
         .iter()
+        .zip(loss_sums)
         .zip(own_seconds)
-        .map(|(sum, own)| (sum.double_value(&[]) / n as f64, own + share))
+        .map(|((member, loss_sum), own)| {
+            let start = Instant::now();
+            let eval = evaluate(member.model, inputs.test, inputs.teacher_classes);
+            EpochResult { loss_sum, eval, seconds: own + share + start.elapsed().as_secs_f64() }
+        })
         .collect()
 }
 
+/// The loss of one member on a batch; `teacher` holds the teacher members' logits
+/// `[members, b, classes]`, combined at the member's temperature.
 fn member_loss(
     objective: Objective,
     logits: &Tensor,
     teacher: Option<&Tensor>,
+    ensemble: Ensemble,
     labels: &Tensor,
 ) -> Tensor {
     match objective {
@@ -350,7 +499,8 @@ fn member_loss(
         Objective::Distill(c) => {
             let teacher =
                 teacher.expect("train_group computes teacher logits when a member distills");
-            distillation_loss(logits, teacher, labels, c.temperature, c.alpha, c.kd_loss)
+            let soft = soft_target_logits(teacher, c.temperature, ensemble);
+            distillation_loss(logits, &soft, labels, c.temperature, c.alpha, c.kd_loss)
         }
     }
 }
@@ -413,18 +563,21 @@ fn progress_bar(steps: u64) -> ProgressBar {
 mod tests {
     use super::*;
     use crate::data::{CLASSES, IMAGE_PIXELS};
+    use crate::teacher::TeacherNet;
+    use std::path::Path;
 
     /// Regression test for cached teacher logits paired with the wrong samples: the cached
     /// lookup must give the live teacher's logits for a shuffled batch.
     #[test]
     fn cached_teacher_logits_belong_to_the_batch_samples() {
         tch::manual_seed(1);
-        let teacher = Model::new(&"mlp:16".parse().unwrap(), CLASSES, tch::Device::Cpu);
+        let model = Model::new(&"mlp:16".parse().unwrap(), CLASSES, tch::Device::Cpu);
+        let teacher = Teacher::single(TeacherNet::from_model(model, Path::new("test")));
         let images = Tensor::rand([50, IMAGE_PIXELS], (Kind::Float, tch::Device::Cpu));
         let test_classes = Tensor::zeros([1], (Kind::Int64, tch::Device::Cpu));
         let cached = TeacherTargets {
             teacher: &teacher,
-            cached: Some(predict(&teacher, &images)),
+            cached: Some(teacher.member_logits(&images)),
             test_classes,
         };
 
@@ -432,6 +585,7 @@ mod tests {
         let batch = images.index_select(0, &index);
         let from_cache = cached.logits(&batch, &index, false);
         let from_teacher = cached.logits(&batch, &index, true);
+        assert_eq!(from_cache.size(), [1, 5, CLASSES]);
         let difference = (&from_cache - &from_teacher).abs().max().double_value(&[]);
         assert!(difference < 1e-6, "cached and live logits differ by {difference}");
         let in_order = Tensor::arange(5, (Kind::Int64, tch::Device::Cpu));

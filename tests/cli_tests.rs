@@ -396,7 +396,7 @@ fn bad_files_get_clear_errors_and_exit_1() {
                 "--out".into(),
                 out("r3"),
             ],
-            "the teacher has 5 classes but the student 10",
+            "five.safetensors has 5 classes, not MNIST's 10",
         )],
     ]
     .concat();

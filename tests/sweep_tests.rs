@@ -60,6 +60,16 @@ fn sweep(teacher: &Path, out: &Path, extra: &[&str]) -> Output {
     kd(&args.iter().map(String::as_str).collect::<Vec<_>>())
 }
 
+/// Every tensor of a checkpoint, by name, as raw bytes.
+fn weights(path: &Path) -> Vec<(String, Vec<u8>)> {
+    let bytes = std::fs::read(path).unwrap();
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut tensors: Vec<(String, Vec<u8>)> =
+        file.tensors().into_iter().map(|(name, view)| (name, view.data().to_vec())).collect();
+    tensors.sort();
+    tensors
+}
+
 /// A sweep folder's CSV rows with the wall-clock columns zeroed, the only ones that may differ.
 fn results(dir: &Path) -> (Vec<SweepRow>, Vec<PointEpoch>) {
     let rows = read_csv::<SweepRow>(&dir.join("sweep.csv"))
@@ -127,6 +137,16 @@ fn sweep_points_equal_lone_distill_runs_and_resume_after_a_kill() {
     assert_eq!(
         (baseline.test_errors, baseline.agreement),
         (lone_rows[1].test_errors, lone_rows[1].agreement)
+    );
+    // Bitwise the same weights, although the sweep trained its points on parallel
+    // single-threaded lanes and the lone run used every thread for one model.
+    assert_eq!(
+        weights(&whole.join("points/T4-a0.9-s1.safetensors")),
+        weights(&lone.join("student.safetensors"))
+    );
+    assert_eq!(
+        weights(&whole.join("points/baseline-s1.safetensors")),
+        weights(&lone.join("baseline.safetensors"))
     );
 
     // Kill a sweep (groups of two points) once some points are finished, then resume it.
