@@ -9,7 +9,8 @@ Writes, in --out:
                      and errors per class, and those of the two-member ensemble (mean of
                      probabilities, and mean of logits)
 With --broken, also files kd must refuse: wrong_classes.pt (returns 5 logits) and
-state_dict.pt (weights saved with torch.save, not TorchScript).
+state_dict.pt (weights saved with torch.save, not TorchScript); and nan_after_30_calls.pt, a
+teacher whose logits turn to NaN after its first 30 forwards.
 
 Run with the set-up's Python: .venv/bin/python scripts/torch_teachers.py --out models/torch
 """
@@ -75,6 +76,23 @@ class Cnn(nn.Module):
         x = F.relu(F.max_pool2d(self.conv1(x), 2))
         x = F.relu(F.max_pool2d(self.conv2(x), 2))
         return self.fc2(F.relu(self.fc1(x.flatten(1))))
+
+
+class NanAfter(nn.Module):
+    """Finite logits for its first `limit` forwards, NaN after: a teacher that goes bad."""
+
+    def __init__(self, limit: int):
+        super().__init__()
+        self.out = nn.Linear(784, 10)
+        self.calls = 0
+        self.limit = limit
+
+    def forward(self, x):
+        self.calls += 1
+        logits = self.out(x)
+        if self.calls > self.limit:
+            logits = logits * float("nan")
+        return logits
 
 
 class WrongClasses(nn.Module):
@@ -150,6 +168,7 @@ def main():
     }
     if args.broken:
         torch.jit.script(WrongClasses()).save(os.path.join(args.out, "wrong_classes.pt"))
+        torch.jit.script(NanAfter(30)).save(os.path.join(args.out, "nan_after_30_calls.pt"))
         torch.save(mlp.state_dict(), os.path.join(args.out, "state_dict.pt"))
     with open(os.path.join(args.out, "teachers.json"), "w") as f:
         json.dump(report, f, indent=2)

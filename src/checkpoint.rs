@@ -14,38 +14,115 @@ use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use tch::{Device, Kind, Tensor};
 
 use crate::models::{Model, ModelSpec};
+use crate::optim::Sgd;
+use crate::train::EpochRecord;
 
 const SPEC_KEY: &str = "kd.model";
 const CLASSES_KEY: &str = "kd.classes";
+const EPOCHS_KEY: &str = "kd.epochs_done";
+const RECORDS_KEY: &str = "kd.records";
+/// Prefix of the momentum buffers in a state file.
+const MOMENTUM: &str = "momentum.";
 
 /// Writes `model`'s variables and spec to `path` (through `path.tmp` and a rename).
 pub fn save(model: &Model, path: &Path) -> Result<()> {
-    let variables: BTreeMap<String, Vec<u8>> =
-        model.vs.variables().into_iter().map(|(name, t)| (name, f32_bytes(&t))).collect();
-    let shapes: HashMap<String, Vec<usize>> = model
-        .vs
-        .variables()
+    let tensors = model.vs.variables().into_iter().collect();
+    write(path, tensors, model_metadata(model))?;
+    log::info!("saved {} ({}) to {}", model.spec, model.parameter_count(), path.display());
+    Ok(())
+}
+
+/// A phase's state at the end of an epoch: what a resumed phase needs besides the weights.
+pub struct PhaseState {
+    /// Epochs finished.
+    pub epochs_done: i64,
+    /// Their `metrics.csv` rows.
+    pub records: Vec<EpochRecord>,
+    /// The optimizer's momentum buffers by variable name.
+    pub momentum: Vec<(String, Tensor)>,
+}
+
+/// Writes a phase's state file: the model's variables, the optimizer's momentum buffers (as
+/// `momentum.<name>`), the epochs done and their records. Whole or absent, like [`save`].
+pub fn save_state(
+    model: &Model,
+    optimizer: &Sgd,
+    records: &[EpochRecord],
+    path: &Path,
+) -> Result<()> {
+    let mut tensors: Vec<(String, Tensor)> = model.vs.variables().into_iter().collect();
+    tensors.extend(optimizer.state().into_iter().map(|(n, t)| (format!("{MOMENTUM}{n}"), t)));
+    let mut metadata = model_metadata(model);
+    metadata.insert(EPOCHS_KEY.to_string(), records.len().to_string());
+    metadata.insert(RECORDS_KEY.to_string(), serde_json::to_string(records)?);
+    write(path, tensors, metadata)
+}
+
+/// Loads a state file written by [`save_state`] into `model` (which must be the model it was
+/// written from, by spec and shapes) and returns the rest of the state.
+pub fn load_state(path: &Path, model: &mut Model) -> Result<PhaseState> {
+    let bytes = read_file(path)?;
+    let (spec, _) = read_metadata(&bytes, path)?;
+    ensure!(
+        spec.as_ref() == Some(&model.spec),
+        "{} holds the state of a {} model, not {}",
+        path.display(),
+        spec.map_or("unknown".to_string(), |s| s.to_string()),
+        model.spec
+    );
+    copy_weights(model, &bytes, path)?;
+
+    let file = SafeTensors::deserialize(&bytes)?;
+    let records = state_records(path)?;
+    let momentum = file
+        .names()
         .into_iter()
-        .map(|(name, t)| (name, t.size().iter().map(|&d| d as usize).collect()))
-        .collect();
-    let views = variables
-        .iter()
-        .map(|(name, bytes)| {
-            Ok((name.as_str(), TensorView::new(Dtype::F32, shapes[name].clone(), bytes)?))
-        })
-        .collect::<Result<Vec<_>, safetensors::SafeTensorError>>()?;
-    let metadata = HashMap::from([
+        .filter_map(|name| name.strip_prefix(MOMENTUM).map(|n| (n.to_string(), name)))
+        .map(|(name, stored)| Ok((name, tensor_of(&file, stored, path)?)))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(PhaseState { epochs_done: records.len() as i64, records, momentum })
+}
+
+/// The epoch records of a state file, read without loading its tensors.
+pub fn state_records(path: &Path) -> Result<Vec<EpochRecord>> {
+    let bytes = read_file(path)?;
+    let (_, metadata) = SafeTensors::read_metadata(&bytes)
+        .with_context(|| format!("{} is not a safetensors checkpoint", path.display()))?;
+    let info = metadata.metadata().clone().unwrap_or_default();
+    let records =
+        info.get(RECORDS_KEY).with_context(|| format!("{} records no epochs", path.display()))?;
+    serde_json::from_str(records)
+        .with_context(|| format!("{}: unreadable epoch records", path.display()))
+}
+
+fn model_metadata(model: &Model) -> HashMap<String, String> {
+    HashMap::from([
         (SPEC_KEY.to_string(), model.spec.to_string()),
         (CLASSES_KEY.to_string(), model.classes.to_string()),
-    ]);
+    ])
+}
+
+/// Writes float tensors and metadata as safetensors at `path`, through `path.tmp` and a rename.
+fn write(
+    path: &Path,
+    tensors: Vec<(String, Tensor)>,
+    metadata: HashMap<String, String>,
+) -> Result<()> {
+    let tensors: BTreeMap<String, Tensor> = tensors.into_iter().collect();
+    let bytes: BTreeMap<&String, Vec<u8>> =
+        tensors.iter().map(|(n, t)| (n, f32_bytes(t))).collect();
+    let views = tensors
+        .iter()
+        .map(|(name, t)| {
+            let shape = t.size().iter().map(|&d| d as usize).collect();
+            Ok((name.as_str(), TensorView::new(Dtype::F32, shape, &bytes[name])?))
+        })
+        .collect::<Result<Vec<_>, safetensors::SafeTensorError>>()?;
 
     let tmp = temporary_path(path);
     safetensors::serialize_to_file(views, Some(metadata), &tmp)
         .with_context(|| format!("cannot write checkpoint {}", tmp.display()))?;
-    std::fs::rename(&tmp, path)
-        .with_context(|| format!("cannot move {} into place", tmp.display()))?;
-    log::info!("saved {} ({}) to {}", model.spec, model.parameter_count(), path.display());
-    Ok(())
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot move {} into place", tmp.display()))
 }
 
 /// Builds the model a checkpoint describes and loads its weights, on `device`.
@@ -105,7 +182,12 @@ fn copy_weights(model: &mut Model, bytes: &[u8], path: &Path) -> Result<()> {
     let file = SafeTensors::deserialize(bytes)
         .with_context(|| format!("{} is not a safetensors checkpoint", path.display()))?;
     let variables = model.vs.variables();
-    let stored: Vec<String> = file.names().into_iter().map(String::from).collect();
+    let stored: Vec<String> = file
+        .names()
+        .into_iter()
+        .filter(|name| !name.starts_with(MOMENTUM))
+        .map(String::from)
+        .collect();
 
     let mut missing: Vec<&String> =
         variables.keys().filter(|name| !stored.contains(name)).collect();
@@ -122,25 +204,31 @@ fn copy_weights(model: &mut Model, bytes: &[u8], path: &Path) -> Result<()> {
     variables.sort_by(|a, b| a.0.cmp(&b.0));
     let _guard = tch::no_grad_guard();
     for (name, mut variable) in variables {
-        let view = file.tensor(&name)?;
-        let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
+        let value = tensor_of(&file, &name, path)?;
         ensure!(
-            view.dtype() == Dtype::F32,
-            "{}: {name} is {:?}, expected F32",
-            path.display(),
-            view.dtype()
-        );
-        ensure!(
-            shape == variable.size(),
-            "{} does not fit a {} model: {name} is {shape:?} in the file but {:?} in the model",
+            value.size() == variable.size(),
+            "{} does not fit a {} model: {name} is {:?} in the file but {:?} in the model",
             path.display(),
             model.spec,
+            value.size(),
             variable.size()
         );
-        let value = Tensor::from_data_size(view.data(), &shape, Kind::Float);
         variable.copy_(&value.to_device(variable.device()));
     }
     Ok(())
+}
+
+/// The float tensor `name` of a safetensors file, on the CPU.
+fn tensor_of(file: &SafeTensors, name: &str, path: &Path) -> Result<Tensor> {
+    let view = file.tensor(name)?;
+    ensure!(
+        view.dtype() == Dtype::F32,
+        "{}: {name} is {:?}, expected F32",
+        path.display(),
+        view.dtype()
+    );
+    let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
+    Ok(Tensor::from_data_size(view.data(), &shape, Kind::Float))
 }
 
 fn f32_bytes(tensor: &Tensor) -> Vec<u8> {

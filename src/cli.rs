@@ -51,6 +51,10 @@ pub struct CommonArgs {
     /// Overwrite a run folder that already holds a finished run.
     #[arg(long)]
     pub force: bool,
+    /// Continue the killed run in DIR from its last saved epoch, with the options saved there
+    /// (options given again must not differ).
+    #[arg(long, value_name = "DIR", conflicts_with = "force")]
+    pub resume: Option<PathBuf>,
     /// auto (CUDA when available, else CPU), cpu, cuda or cuda:N.
     #[arg(long, default_value = "auto", value_parser = parse_device)]
     pub device: Device,
@@ -313,6 +317,29 @@ impl Command {
             Command::Distill(args) => Some(&args.common),
             Command::Sweep(args) => Some(&args.common),
             Command::Eval(_) | Command::Export(_) => None,
+        }
+    }
+
+    /// The options every training command shares, to change them.
+    pub fn common_mut(&mut self) -> Option<&mut CommonArgs> {
+        match self {
+            Command::Run(args) => Some(&mut args.common),
+            Command::Teacher(args) => Some(&mut args.common),
+            Command::Distill(args) => Some(&mut args.common),
+            Command::Sweep(args) => Some(&mut args.common),
+            Command::Eval(_) | Command::Export(_) => None,
+        }
+    }
+
+    /// The subcommand's name as typed.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::Run(_) => "run",
+            Command::Teacher(_) => "teacher",
+            Command::Distill(_) => "distill",
+            Command::Sweep(_) => "sweep",
+            Command::Eval(_) => "eval",
+            Command::Export(_) => "export",
         }
     }
 }

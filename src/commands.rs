@@ -10,6 +10,7 @@ use sha2::{Digest, Sha256};
 use tch::Device;
 
 use crate::checkpoint;
+use crate::checkpoint::PhaseState;
 use crate::cli::{
     CommonArgs, DistillArgs, EvalArgs, ExportArgs, RunArgs, SweepAction, SweepArgs, TeacherArgs,
     TeacherSource,
@@ -17,12 +18,13 @@ use crate::cli::{
 use crate::data::{CLASSES, IMAGE_PIXELS, Mnist, load_mnist, load_test_split};
 use crate::export::export_torchscript;
 use crate::models::{Model, ModelSpec};
-use crate::report::{RunDir, SummaryRow, status, table, teacher_rows};
+use crate::report::{RunDir, SummaryRow, lock_folder, state_file, status, table, teacher_rows};
+use crate::resume::save_command;
 use crate::sweep::{self, SweepConfig, TeacherFile};
 use crate::teacher::{Ensemble, InputLayout, Teacher, TeacherNet};
 use crate::train::{
-    DistillConfig, EpochRecord, Phase, PhaseConfig, distill, evaluation_from_logits, seeded_model,
-    train_baseline, train_teacher,
+    DistillConfig, EpochRecord, OnEpoch, Phase, PhaseConfig, distill, evaluation_from_logits,
+    seeded_model, train_baseline, train_teacher,
 };
 
 /// Everything a run folder's `config.json` records.
@@ -67,19 +69,21 @@ pub fn run(args: &RunArgs) -> Result<()> {
     let teacher_config = args.optim.phase(args.teacher_epochs, args.jitter, common.seed);
     let student_config = args.optim.phase(args.student_epochs, args.student_jitter, common.seed);
     let kd = args.kd.config();
-    let mut dir = RunDir::create(&run_folder(common, "run"), common.force)?;
-    dir.write_config(&RunConfig {
+    let config = RunConfig {
         teacher_model: args.teacher_model.to_string(),
         student_model: Some(args.student_model.to_string()),
         teacher: Some(teacher_config.clone()),
         student: Some(student_config.clone()),
         distill: Some(kd),
         ..RunConfig::new("run", common, &data)
-    })?;
+    };
+    let phases = [Phase::Teacher, Phase::Baseline, Phase::Student];
+    let mut dir = open_run(common, "run", &config, &phases)?;
 
     let mut teacher = new_model(&args.teacher_model, common, Phase::Teacher);
-    let records =
-        train_teacher(&mut teacher, &data, &teacher_config, &mut |r| dir.record_epoch(r))?;
+    let records = run_phase(&mut dir, &mut teacher, Phase::Teacher, |model, resume, on_epoch| {
+        train_teacher(model, &data, &teacher_config, resume, on_epoch)
+    })?;
     checkpoint::save(&teacher, &dir.file("teacher.safetensors"))?;
     let mut rows = vec![summary_row(Phase::Teacher, &teacher, &records, None)];
     let teacher =
@@ -87,15 +91,16 @@ pub fn run(args: &RunArgs) -> Result<()> {
 
     let mut baseline = new_model(&args.student_model, common, Phase::Baseline);
     let records =
-        train_baseline(&mut baseline, Some(&teacher), &data, &student_config, &mut |r| {
-            dir.record_epoch(r)
+        run_phase(&mut dir, &mut baseline, Phase::Baseline, |model, resume, on_epoch| {
+            train_baseline(model, Some(&teacher), &data, &student_config, resume, on_epoch)
         })?;
     checkpoint::save(&baseline, &dir.file("baseline.safetensors"))?;
     rows.push(summary_row(Phase::Baseline, &baseline, &records, None));
 
     let mut student = new_model(&args.student_model, common, Phase::Student);
-    let records =
-        distill(&mut student, &teacher, &data, &student_config, &kd, &mut |r| dir.record_epoch(r))?;
+    let records = run_phase(&mut dir, &mut student, Phase::Student, |model, resume, on_epoch| {
+        distill(model, &teacher, &data, &student_config, &kd, resume, on_epoch)
+    })?;
     rows.push(summary_row(Phase::Student, &student, &records, Some(&kd)));
     save_student(&mut student, &dir)?;
 
@@ -107,15 +112,17 @@ pub fn teacher(args: &TeacherArgs) -> Result<()> {
     let common = &args.common;
     let data = load_data(common)?;
     let config = args.optim.phase(args.epochs, args.jitter, common.seed);
-    let mut dir = RunDir::create(&run_folder(common, "teacher"), common.force)?;
-    dir.write_config(&RunConfig {
+    let run_config = RunConfig {
         teacher_model: args.teacher_model.to_string(),
         teacher: Some(config.clone()),
         ..RunConfig::new("teacher", common, &data)
-    })?;
+    };
+    let mut dir = open_run(common, "teacher", &run_config, &[Phase::Teacher])?;
 
     let mut teacher = new_model(&args.teacher_model, common, Phase::Teacher);
-    let records = train_teacher(&mut teacher, &data, &config, &mut |r| dir.record_epoch(r))?;
+    let records = run_phase(&mut dir, &mut teacher, Phase::Teacher, |model, resume, on_epoch| {
+        train_teacher(model, &data, &config, resume, on_epoch)
+    })?;
     checkpoint::save(&teacher, &dir.file("teacher.safetensors"))?;
     finish(&dir, &[summary_row(Phase::Teacher, &teacher, &records, None)], common)
 }
@@ -128,8 +135,7 @@ pub fn distill_command(args: &DistillArgs) -> Result<()> {
     let teacher = load_teacher(&args.teacher, common, &data)?;
     let config = args.optim.phase(args.epochs, args.jitter, common.seed);
     let kd = args.kd.config();
-    let mut dir = RunDir::create(&run_folder(common, "distill"), common.force)?;
-    dir.write_config(&RunConfig {
+    let run_config = RunConfig {
         teacher_model: teacher.description(),
         teacher_checkpoints: args.teacher.paths.clone(),
         ensemble: (teacher.members.len() > 1).then_some(teacher.ensemble),
@@ -137,21 +143,23 @@ pub fn distill_command(args: &DistillArgs) -> Result<()> {
         student: Some(config.clone()),
         distill: Some(kd),
         ..RunConfig::new("distill", common, &data)
-    })?;
+    };
+    let mut dir = open_run(common, "distill", &run_config, &[Phase::Baseline, Phase::Student])?;
     let mut rows = teacher_rows(&teacher, &data.test);
 
     if args.baseline {
         let mut baseline = new_model(&args.student_model, common, Phase::Baseline);
-        let records = train_baseline(&mut baseline, Some(&teacher), &data, &config, &mut |r| {
-            dir.record_epoch(r)
+        let records = run_phase(&mut dir, &mut baseline, Phase::Baseline, |model, resume, cb| {
+            train_baseline(model, Some(&teacher), &data, &config, resume, cb)
         })?;
         checkpoint::save(&baseline, &dir.file("baseline.safetensors"))?;
         rows.push(summary_row(Phase::Baseline, &baseline, &records, None));
     }
 
     let mut student = new_model(&args.student_model, common, Phase::Student);
-    let records =
-        distill(&mut student, &teacher, &data, &config, &kd, &mut |r| dir.record_epoch(r))?;
+    let records = run_phase(&mut dir, &mut student, Phase::Student, |model, resume, on_epoch| {
+        distill(model, &teacher, &data, &config, &kd, resume, on_epoch)
+    })?;
     rows.push(summary_row(Phase::Student, &student, &records, Some(&kd)));
     save_student(&mut student, &dir)?;
     finish(&dir, &rows, common)
@@ -204,8 +212,14 @@ pub fn sweep_command(args: &SweepArgs) -> Result<()> {
     };
 
     let out = run_folder(common, "sweep");
+    std::fs::create_dir_all(&out)
+        .with_context(|| format!("cannot create sweep folder {}", out.display()))?;
+    let _lock = lock_folder(&out)?;
     if common.force {
         sweep::clear(&out)?;
+    }
+    if common.resume.is_none() {
+        save_command(&out, "sweep")?;
     }
     sweep::run_sweep(&config, &teacher, &data, &out, args.group_size as usize)?;
     if !common.no_plot {
@@ -325,8 +339,59 @@ fn summary_row(
     }
 }
 
+/// Opens the run folder of a training command: a new one, with its `config.json` and
+/// `command.json`, or (`--resume`) the killed one, whose state files hold the epochs done of
+/// `phases`.
+fn open_run(
+    common: &CommonArgs,
+    command: &str,
+    config: &RunConfig,
+    phases: &[Phase],
+) -> Result<RunDir> {
+    if let Some(dir) = &common.resume {
+        status(&format!("resuming the run in {}", dir.display()));
+        return RunDir::resume(dir, phases);
+    }
+    let dir = RunDir::create(&run_folder(common, command), common.force)?;
+    dir.write_config(config)?;
+    save_command(&dir.path, command)?;
+    Ok(dir)
+}
+
+/// Trains one phase in a run folder, continuing from the phase's state file when there is one
+/// (a resumed run). After every epoch the state is saved (whole, by a rename) before the
+/// epoch's row goes to `metrics.csv`.
+fn run_phase(
+    dir: &mut RunDir,
+    model: &mut Model,
+    phase: Phase,
+    train: impl FnOnce(&mut Model, Option<PhaseState>, &mut OnEpoch) -> Result<Vec<EpochRecord>>,
+) -> Result<Vec<EpochRecord>> {
+    let path = dir.file(&state_file(phase));
+    let resume = match path.exists() {
+        true => Some(checkpoint::load_state(&path, model)?),
+        false => None,
+    };
+    if let Some(state) = &resume {
+        status(&format!("{}: continuing after epoch {}", phase.name(), state.epochs_done));
+    }
+    train(model, resume, &mut |end| {
+        checkpoint::save_state(end.model, end.optimizer, end.records, &path)?;
+        dir.record_epoch(end.record)
+    })
+    .with_context(|| match path.exists() {
+        true => format!(
+            "the {} phase stopped (its last whole epoch is kept in {})",
+            phase.name(),
+            path.display()
+        ),
+        false => format!("the {} phase stopped before its first epoch ended", phase.name()),
+    })
+}
+
 fn finish(dir: &RunDir, rows: &[SummaryRow], common: &CommonArgs) -> Result<()> {
     dir.write_summary(rows)?;
+    dir.remove_states()?;
     print!("{}", table(rows));
     status(&format!("results in {}", dir.path.display()));
     if !common.no_plot {

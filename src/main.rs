@@ -4,14 +4,19 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
-use kd::cli::{Cli, Command};
+use kd::cli::Command;
 use kd::commands;
 
 fn main() -> ExitCode {
     reproducible_cpu_products();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
-    let cli = Cli::parse();
+    let cli = match kd::resume::parse() {
+        Ok(cli) => cli,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            return ExitCode::FAILURE;
+        }
+    };
     if let Some(common) = cli.command.common() {
         kd::report::set_quiet(common.quiet);
     }

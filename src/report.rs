@@ -9,7 +9,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
@@ -54,16 +54,50 @@ pub struct SummaryRow {
 
 /// The files a run writes. `--force` removes them before a new run starts in the same folder,
 /// so nothing of the old run is left to be mistaken for the new one's.
-const RUN_FILES: [&str; 8] = [
+const RUN_FILES: [&str; 12] = [
     "config.json",
+    "command.json",
     "metrics.csv",
     "summary.csv",
     "teacher.safetensors",
     "baseline.safetensors",
     "student.safetensors",
+    "teacher.state.safetensors",
+    "baseline.state.safetensors",
+    "student.state.safetensors",
     "student.pt",
     "student.json",
 ];
+
+/// The state file of `phase` in a run folder: its model, optimizer and records at the end of
+/// its last finished epoch.
+pub fn state_file(phase: Phase) -> String {
+    format!("{}.state.safetensors", phase.name())
+}
+
+/// Takes the lock of folder `dir` (its `.lock` file) for as long as the returned file is open.
+/// The lock is the operating system's, so a killed process never leaves it held.
+pub fn lock_folder(dir: &Path) -> Result<File> {
+    let path = dir.join(".lock");
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot create the lock file {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => bail!(
+            "{} is in use by another kd process (it holds {}); wait for it to finish or choose \
+             another --out",
+            dir.display(),
+            path.display()
+        ),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("cannot lock {}", path.display()))
+        }
+    }
+}
 
 /// The summary rows of a teacher used as it is (loaded, not trained here): each member's
 /// figures on `test` and, for an ensemble, the ensemble's own.
@@ -99,15 +133,17 @@ pub fn teacher_rows(teacher: &Teacher, test: &Split) -> Vec<SummaryRow> {
     rows
 }
 
-/// A run folder being written.
+/// A run folder being written (locked against other `kd` processes while this lives).
 pub struct RunDir {
     pub path: PathBuf,
     metrics: csv::Writer<File>,
+    _lock: File,
 }
 
 impl RunDir {
     /// Creates (or reuses, with `force`) the folder `path` and starts its `metrics.csv`.
-    /// A folder that already holds a finished run (a `summary.csv`) is refused without `force`.
+    /// A folder that already holds a run (finished, or killed and resumable) is refused
+    /// without `force`.
     pub fn create(path: &Path, force: bool) -> Result<RunDir> {
         if path.join("summary.csv").exists() && !force {
             bail!(
@@ -116,8 +152,17 @@ impl RunDir {
                 path.display()
             );
         }
+        if path.join("command.json").exists() && !force {
+            bail!(
+                "{} holds an unfinished run; continue it with --resume {}, or pass --force to \
+                 start afresh, or choose another --out",
+                path.display(),
+                path.display()
+            );
+        }
         fs::create_dir_all(path)
             .with_context(|| format!("cannot create run folder {}", path.display()))?;
+        let lock = lock_folder(path)?;
         for name in RUN_FILES.iter().filter(|_| force) {
             let old = path.join(name);
             if old.exists() {
@@ -128,7 +173,31 @@ impl RunDir {
         let metrics_path = path.join("metrics.csv");
         let metrics = csv::Writer::from_path(&metrics_path)
             .with_context(|| format!("cannot write {}", metrics_path.display()))?;
-        Ok(RunDir { path: path.to_path_buf(), metrics })
+        Ok(RunDir { path: path.to_path_buf(), metrics, _lock: lock })
+    }
+
+    /// Opens the killed run in `path` to continue it: `metrics.csv` is rewritten from the
+    /// records in the state files of `phases` (in order), so it holds exactly the epochs saved.
+    pub fn resume(path: &Path, phases: &[Phase]) -> Result<RunDir> {
+        ensure!(
+            !path.join("summary.csv").exists(),
+            "{} holds a finished run: there is nothing to resume",
+            path.display()
+        );
+        let lock = lock_folder(path)?;
+        let metrics_path = path.join("metrics.csv");
+        let mut metrics = csv::Writer::from_path(&metrics_path)
+            .with_context(|| format!("cannot write {}", metrics_path.display()))?;
+        for &phase in phases {
+            let state = path.join(state_file(phase));
+            if state.exists() {
+                for record in crate::checkpoint::state_records(&state)? {
+                    metrics.serialize(record)?;
+                }
+            }
+        }
+        metrics.flush().with_context(|| format!("cannot write {}", metrics_path.display()))?;
+        Ok(RunDir { path: path.to_path_buf(), metrics, _lock: lock })
     }
 
     /// The path of `name` inside the run folder.
@@ -149,6 +218,18 @@ impl RunDir {
             .flush()
             .with_context(|| format!("cannot write {}", self.file("metrics.csv").display()))?;
         status(&epoch_line(record));
+        Ok(())
+    }
+
+    /// Removes the phases' state files once the run has finished (its checkpoints remain).
+    pub fn remove_states(&self) -> Result<()> {
+        for phase in [Phase::Teacher, Phase::Baseline, Phase::Student] {
+            let path = self.file(&state_file(phase));
+            if path.exists() {
+                fs::remove_file(&path)
+                    .with_context(|| format!("cannot remove {}", path.display()))?;
+            }
+        }
         Ok(())
     }
 

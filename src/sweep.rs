@@ -152,8 +152,8 @@ impl SweepConfig {
 }
 
 /// The files a sweep writes; `--force` removes them before a new sweep starts in the folder.
-const SWEEP_FILES: [&str; 5] =
-    ["config.json", "sweep.csv", "metrics.csv", "sweep_summary.csv", "summary.csv"];
+const SWEEP_FILES: [&str; 6] =
+    ["config.json", "command.json", "sweep.csv", "metrics.csv", "sweep_summary.csv", "summary.csv"];
 
 /// Removes a previous sweep's files (and its `points/` checkpoints) from `dir`.
 pub fn clear(dir: &Path) -> Result<()> {
@@ -284,14 +284,15 @@ fn train_points(
                 }),
                 None => Objective::Labels,
             },
+            resume: None,
         })
         .collect();
     let names: Vec<String> = points.iter().map(Point::key).collect();
     status(&format!("sweep: training {} together (seed {seed})", names.join(", ")));
 
     let mut metrics = append_writer(&dir.join("metrics.csv"))?;
-    let records = train_group(&mut members, Some(teacher), data, &phase, &mut |k, record| {
-        metrics.serialize(point_epoch(&points[k], record))?;
+    let records = train_group(&mut members, Some(teacher), data, &phase, &mut |end| {
+        metrics.serialize(point_epoch(&points[end.member], end.record))?;
         metrics.flush().context("cannot write metrics.csv")?;
         Ok(())
     })?;

@@ -8,15 +8,16 @@
 
 use std::time::Instant;
 
-use anyhow::{Result, ensure};
+use anyhow::{Result, bail, ensure};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
-use tch::nn::{self, OptimizerConfig};
 use tch::{Kind, Tensor};
 
+use crate::checkpoint::PhaseState;
 use crate::data::{Mnist, Split, epoch_batches, jitter};
 use crate::loss::{KdLoss, cross_entropy, distillation_loss};
 use crate::models::{Arch, Model, ModelSpec};
+use crate::optim::Sgd;
 use crate::teacher::{Ensemble, Teacher, soft_target_logits};
 
 /// Batch size for evaluation and teacher prediction, where no gradient is kept.
@@ -128,7 +129,23 @@ pub struct Member<'a> {
     pub model: &'a mut Model,
     pub phase: Phase,
     pub objective: Objective,
+    /// The state to continue from (the model already holds its weights), or `None` to start.
+    pub resume: Option<PhaseState>,
 }
+
+/// What `on_epoch` gets when a member finishes an epoch.
+pub struct EpochEnd<'a> {
+    /// The member's position in its group.
+    pub member: usize,
+    pub record: &'a EpochRecord,
+    /// Every record of the member's phase so far, this one included.
+    pub records: &'a [EpochRecord],
+    pub model: &'a Model,
+    pub optimizer: &'a Sgd,
+}
+
+/// The callback of a phase's epochs; errors stop training.
+pub type OnEpoch<'a> = dyn FnMut(&EpochEnd) -> Result<()> + 'a;
 
 /// A teacher prepared for a data set, once for any number of students: its predicted classes on
 /// the test set (for agreement) and, when the students' inputs are not jittered, its members'
@@ -167,14 +184,16 @@ pub fn seeded_model(spec: &ModelSpec, classes: i64, device: tch::Device, seed: i
     Model::new(spec, classes, device)
 }
 
-/// Phase 1: trains the teacher on hard labels.
+/// Phase 1: trains the teacher on hard labels (from `resume` when given).
 pub fn train_teacher(
     teacher: &mut Model,
     data: &Mnist,
     config: &PhaseConfig,
-    on_epoch: &mut dyn FnMut(&EpochRecord) -> Result<()>,
+    resume: Option<PhaseState>,
+    on_epoch: &mut OnEpoch,
 ) -> Result<Vec<EpochRecord>> {
-    let member = Member { model: teacher, phase: Phase::Teacher, objective: Objective::Labels };
+    let phase = Phase::Teacher;
+    let member = Member { model: teacher, phase, objective: Objective::Labels, resume };
     train_one(member, None, data, config, on_epoch)
 }
 
@@ -185,9 +204,11 @@ pub fn train_baseline(
     teacher: Option<&Teacher>,
     data: &Mnist,
     config: &PhaseConfig,
-    on_epoch: &mut dyn FnMut(&EpochRecord) -> Result<()>,
+    resume: Option<PhaseState>,
+    on_epoch: &mut OnEpoch,
 ) -> Result<Vec<EpochRecord>> {
-    let member = Member { model: student, phase: Phase::Baseline, objective: Objective::Labels };
+    let phase = Phase::Baseline;
+    let member = Member { model: student, phase, objective: Objective::Labels, resume };
     let targets = teacher.map(|t| TeacherTargets::new(t, data, config.jitter, false));
     train_one(member, targets.as_ref(), data, config, on_epoch)
 }
@@ -200,10 +221,11 @@ pub fn distill(
     data: &Mnist,
     config: &PhaseConfig,
     distill: &DistillConfig,
-    on_epoch: &mut dyn FnMut(&EpochRecord) -> Result<()>,
+    resume: Option<PhaseState>,
+    on_epoch: &mut OnEpoch,
 ) -> Result<Vec<EpochRecord>> {
     let objective = Objective::Distill(*distill);
-    let member = Member { model: student, phase: Phase::Student, objective };
+    let member = Member { model: student, phase: Phase::Student, objective, resume };
     let targets = TeacherTargets::new(teacher, data, config.jitter, true);
     train_one(member, Some(&targets), data, config, on_epoch)
 }
@@ -213,51 +235,72 @@ fn train_one(
     teacher: Option<&TeacherTargets>,
     data: &Mnist,
     config: &PhaseConfig,
-    on_epoch: &mut dyn FnMut(&EpochRecord) -> Result<()>,
+    on_epoch: &mut OnEpoch,
 ) -> Result<Vec<EpochRecord>> {
-    let mut records = train_group(&mut [member], teacher, data, config, &mut |_, r| on_epoch(r))?;
+    let mut records = train_group(&mut [member], teacher, data, config, on_epoch)?;
     Ok(records.remove(0))
 }
 
-/// Trains `members` together: libtorch's generator is seeded with `config.seed`, then every
-/// epoch draws one batch order (and, with jitter, one shift per image) that all members share.
-/// A group of one gives the same numbers as training that model alone; with several members
-/// whose models use dropout, the dropout draws interleave and the numbers differ.
+/// The seed of libtorch's generator at the start of `epoch` of a phase seeded with `seed`:
+/// each epoch's batch order, jitter and dropout depend only on these two numbers, so a phase
+/// resumed at any epoch draws what an uninterrupted one draws.
+pub fn epoch_seed(seed: i64, epoch: i64) -> i64 {
+    seed.wrapping_mul(1_000_003).wrapping_add(epoch)
+}
+
+/// Trains `members` together: every epoch reseeds libtorch's generator with
+/// [`epoch_seed`] and draws one batch order (and, with jitter, one shift per image) that all
+/// members share. A group of one gives the same numbers as training that model alone; with
+/// several members whose models use dropout, the dropout draws interleave and the numbers
+/// differ. Members with a `resume` state continue after its epochs (all members of a group
+/// must have done the same number).
 ///
-/// With a `teacher`, each epoch reports every member's agreement with it. `on_epoch` gets the
-/// member's position and its epoch record. Returns the records of each member.
+/// With a `teacher`, each epoch reports every member's agreement with it. Returns the records
+/// of each member's phase, resumed epochs included. A training loss that is not finite stops
+/// with an error naming the phase, epoch and step, before `on_epoch` sees that epoch.
 pub fn train_group(
     members: &mut [Member],
     teacher: Option<&TeacherTargets>,
     data: &Mnist,
     config: &PhaseConfig,
-    on_epoch: &mut dyn FnMut(usize, &EpochRecord) -> Result<()>,
+    on_epoch: &mut OnEpoch,
 ) -> Result<Vec<Vec<EpochRecord>>> {
     ensure!(!data.train.is_empty(), "the training set is empty");
     let distills = members.iter().any(|m| matches!(m.objective, Objective::Distill(_)));
     ensure!(teacher.is_some() || !distills, "distillation needs a teacher");
-    tch::manual_seed(config.seed);
-    let mut optimizers = members
-        .iter()
-        .map(|m| {
-            nn::Sgd { momentum: config.momentum, wd: config.weight_decay, ..Default::default() }
-                .build(&m.model.vs, config.lr)
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    let steps_per_epoch = (data.train.len() + config.batch_size - 1) / config.batch_size;
-    let mut records = vec![vec![]; members.len()];
+    let done = members[0].resume.as_ref().map_or(0, |r| r.epochs_done);
+    ensure!(
+        members.iter().all(|m| m.resume.as_ref().map_or(0, |r| r.epochs_done) == done),
+        "the members of a training group must resume from the same epoch"
+    );
 
-    for epoch in 1..=config.epochs {
+    let mut optimizers = Vec::with_capacity(members.len());
+    let mut records = Vec::with_capacity(members.len());
+    for member in members.iter_mut() {
+        let mut optimizer = Sgd::new(member.model, config.lr, config.momentum, config.weight_decay);
+        let resume = member.resume.take();
+        if let Some(state) = &resume {
+            optimizer.restore(&state.momentum)?;
+        }
+        optimizers.push(optimizer);
+        records.push(resume.map_or_else(Vec::new, |r| r.records));
+    }
+    let steps_per_epoch = (data.train.len() + config.batch_size - 1) / config.batch_size;
+
+    for epoch in done + 1..=config.epochs {
+        tch::manual_seed(epoch_seed(config.seed, epoch));
         let first_step = (epoch - 1) * steps_per_epoch;
         let results = train_epoch(members, &mut optimizers, teacher, data, config, first_step);
         for (k, (member, result)) in members.iter().zip(results).enumerate() {
             let train_loss = result.loss_sum.double_value(&[]) / data.train.len() as f64;
-            ensure!(
-                train_loss.is_finite(),
-                "{} phase, epoch {epoch}: the training loss became {train_loss}; try a lower --lr \
-                 (or a temperature nearer 1)",
-                member.phase.name()
-            );
+            if let Some(step) = result.first_bad_step.filter(|_| !train_loss.is_finite()) {
+                bail!(
+                    "{} phase, epoch {epoch}, step {} of {steps_per_epoch}: the training loss \
+                     became {train_loss}; try a lower --lr (or a temperature nearer 1)",
+                    member.phase.name(),
+                    step + 1
+                );
+            }
             let last_step = first_step + steps_per_epoch - 1;
             let eval = result.eval;
             let record = EpochRecord {
@@ -271,8 +314,14 @@ pub fn train_group(
                 lr: config.schedule.lr(config.lr, last_step, steps_per_epoch * config.epochs),
                 seconds: result.seconds,
             };
-            on_epoch(k, &record)?;
             records[k].push(record);
+            on_epoch(&EpochEnd {
+                member: k,
+                record: records[k].last().expect("just pushed"),
+                records: &records[k],
+                model: member.model,
+                optimizer: &optimizers[k],
+            })?;
         }
     }
     Ok(records)
@@ -287,6 +336,8 @@ struct EpochResult {
     eval: Evaluation,
     /// The member's own steps and evaluation, plus an equal share of its lane's shared work.
     seconds: f64,
+    /// The first step (from 0) whose loss was not finite, if any.
+    first_bad_step: Option<i64>,
 }
 
 /// One pass over the training set for every member, then a test-set evaluation of each.
@@ -301,7 +352,7 @@ struct EpochResult {
 /// split by threads. Everything else trains in one lane on the calling thread.
 fn train_epoch(
     members: &mut [Member],
-    optimizers: &mut [nn::Optimizer],
+    optimizers: &mut [Sgd],
     teacher: Option<&TeacherTargets>,
     data: &Mnist,
     config: &PhaseConfig,
@@ -439,14 +490,12 @@ fn parallel_lanes(members: &[Member], config: &PhaseConfig, teacher_ready: bool)
 /// member on the test set.
 fn train_lane(
     members: &mut [Member],
-    optimizers: &mut [nn::Optimizer],
+    optimizers: &mut [Sgd],
     inputs: &LaneInputs,
     plan: &StepPlan,
     progress: &ProgressBar,
 ) -> Vec<EpochResult> {
-    let device = members[0].model.device();
-    let mut loss_sums: Vec<Tensor> =
-        members.iter().map(|_| Tensor::zeros([], (Kind::Float, device))).collect();
+    let mut losses: Vec<Vec<Tensor>> = members.iter().map(|_| vec![]).collect();
     let mut own_seconds = vec![0.0; members.len()];
     let mut shared_seconds = 0.0;
     let config = plan.config;
@@ -466,7 +515,7 @@ fn train_lane(
                 member_loss(member.objective, &logits, teacher, inputs.ensemble, &batch.labels);
             optimizer.backward_step(&loss);
             member.model.apply_constraints();
-            loss_sums[k] += loss.detach() * index.size()[0] as f64;
+            losses[k].push(loss.detach() * index.size()[0] as f64);
             own_seconds[k] += start.elapsed().as_secs_f64();
         }
         progress.inc(members.len() as u64);
@@ -475,12 +524,19 @@ fn train_lane(
     let share = shared_seconds / members.len() as f64;
     members
         .iter()
-        .zip(loss_sums)
+        .zip(losses)
         .zip(own_seconds)
-        .map(|((member, loss_sum), own)| {
+        .map(|((member, losses), own)| {
             let start = Instant::now();
+            // Summed on the device, so the host never waits inside the epoch.
+            let losses = Tensor::stack(&losses, 0);
+            let loss_sum = losses.sum(Kind::Float);
+            let first_bad_step = (!bool::try_from(losses.isfinite().all()).unwrap_or(false))
+                .then(|| losses.isfinite().logical_not().to_kind(Kind::Int).argmax(0, false))
+                .map(|step| step.int64_value(&[]));
             let eval = evaluate(member.model, inputs.test, inputs.teacher_classes);
-            EpochResult { loss_sum, eval, seconds: own + share + start.elapsed().as_secs_f64() }
+            let seconds = own + share + start.elapsed().as_secs_f64();
+            EpochResult { loss_sum, eval, seconds, first_bad_step }
         })
         .collect()
 }

@@ -36,7 +36,7 @@ fn spec(text: &str) -> ModelSpec {
 
 fn trained_teacher(data: &Mnist) -> Model {
     let mut teacher = seeded_model(&spec("mlp:128:dropout=0.5"), CLASSES, Device::Cpu, 7);
-    train_teacher(&mut teacher, data, &config(2, 0), &mut |_| Ok(())).unwrap();
+    train_teacher(&mut teacher, data, &config(2, 0), None, &mut |_| Ok(())).unwrap();
     teacher
 }
 
@@ -125,7 +125,7 @@ fn distillation_leaves_the_teacher_bitwise_unchanged() {
         let mut student = seeded_model(&spec("mlp:32"), CLASSES, Device::Cpu, 7);
         let config = config(1, jitter);
         let records =
-            distill(&mut student, &teacher, &data, &config, &kd, &mut |_| Ok(())).unwrap();
+            distill(&mut student, &teacher, &data, &config, &kd, None, &mut |_| Ok(())).unwrap();
         assert!(records[0].agreement.unwrap() > 0.5);
     }
     for (name, a) in &before {

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{kd, read_csv, text};
+use common::{kd, read_csv, text, weights};
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -58,16 +58,6 @@ fn sweep_args(teacher: &Path, out: &Path, extra: &[&str]) -> Vec<String> {
 fn sweep(teacher: &Path, out: &Path, extra: &[&str]) -> Output {
     let args = sweep_args(teacher, out, extra);
     kd(&args.iter().map(String::as_str).collect::<Vec<_>>())
-}
-
-/// Every tensor of a checkpoint, by name, as raw bytes.
-fn weights(path: &Path) -> Vec<(String, Vec<u8>)> {
-    let bytes = std::fs::read(path).unwrap();
-    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let mut tensors: Vec<(String, Vec<u8>)> =
-        file.tensors().into_iter().map(|(name, view)| (name, view.data().to_vec())).collect();
-    tensors.sort();
-    tensors
 }
 
 /// A sweep folder's CSV rows with the wall-clock columns zeroed, the only ones that may differ.

@@ -6,30 +6,12 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::OnceLock;
+use std::path::Path;
 
-use common::{kd, mnist_dir, python, read_csv, repo, text};
+use common::{kd, mnist_dir, read_csv, text, torch_teachers};
 use kd::report::SummaryRow;
 use kd::train::EpochRecord;
 use serde_json::Value;
-
-/// The PyTorch teachers, made once per test binary: 2 epochs on 5,000 training images.
-fn torch_teachers() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("kd-torch-teachers-{}", std::process::id()));
-        let output = Command::new(python())
-            .arg(repo().join("scripts/torch_teachers.py"))
-            .args(["--data", mnist_dir().to_str().unwrap(), "--out", dir.to_str().unwrap()])
-            .args(["--epochs", "2", "--train-limit", "5000", "--broken"])
-            .output()
-            .expect("python runs");
-        assert!(output.status.success(), "{}", text(&output.stderr));
-        dir
-    })
-}
 
 fn pytorch_figures() -> Value {
     let json = std::fs::read_to_string(torch_teachers().join("teachers.json")).unwrap();

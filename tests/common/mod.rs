@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::OnceLock;
 
 /// The repository root.
 pub fn repo() -> PathBuf {
@@ -41,4 +42,31 @@ pub fn text(bytes: &[u8]) -> String {
 /// Every row of a CSV file written by kd.
 pub fn read_csv<T: serde::de::DeserializeOwned>(path: &Path) -> Vec<T> {
     csv::Reader::from_path(path).unwrap().deserialize().map(Result::unwrap).collect()
+}
+
+/// The PyTorch teachers of `scripts/torch_teachers.py --broken`, made once per test binary:
+/// 2 epochs on 5,000 training images.
+pub fn torch_teachers() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("kd-torch-teachers-{}", std::process::id()));
+        let output = Command::new(python())
+            .arg(repo().join("scripts/torch_teachers.py"))
+            .args(["--data", mnist_dir().to_str().unwrap(), "--out", dir.to_str().unwrap()])
+            .args(["--epochs", "2", "--train-limit", "5000", "--broken"])
+            .output()
+            .expect("python runs");
+        assert!(output.status.success(), "{}", text(&output.stderr));
+        dir
+    })
+}
+
+/// Every tensor of a checkpoint, by name, as raw bytes.
+pub fn weights(path: &Path) -> Vec<(String, Vec<u8>)> {
+    let bytes = std::fs::read(path).unwrap();
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut tensors: Vec<(String, Vec<u8>)> =
+        file.tensors().into_iter().map(|(name, view)| (name, view.data().to_vec())).collect();
+    tensors.sort();
+    tensors
 }

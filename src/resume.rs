@@ -1,0 +1,148 @@
+//! `--resume DIR`: the command line a run folder was started with, kept in its `command.json`,
+//! and the options of a resumed run, which are that command line's.
+//!
+//! Options given again with `--resume` are accepted when they have the saved values; one with
+//! another value is an error that names it. Relative paths keep their meaning because the saved
+//! working directory is restored before the saved options are read.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail, ensure};
+use clap::parser::ValueSource;
+use clap::{ArgMatches, CommandFactory, FromArgMatches};
+use serde::{Deserialize, Serialize};
+
+use crate::cli::Cli;
+use crate::report::write_atomically;
+
+/// The layout of run folders this `kd` writes; a folder with another (or no `command.json`)
+/// was written by an older `kd` and cannot be resumed.
+pub const LAYOUT: u32 = 2;
+
+/// Options that only say how to resume or how to show progress; they may differ freely.
+const FREE: [&str; 5] = ["resume", "out", "force", "quiet", "no_plot"];
+
+/// What `command.json` records.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SavedCommand {
+    pub layout: u32,
+    pub command: String,
+    pub cwd: PathBuf,
+    /// The arguments after `kd`, as given.
+    pub argv: Vec<String>,
+}
+
+/// Writes `command.json` in `dir` for the running process's command line.
+pub fn save_command(dir: &Path, command: &str) -> Result<()> {
+    let saved = SavedCommand {
+        layout: LAYOUT,
+        command: command.to_string(),
+        cwd: std::env::current_dir().context("cannot read the working directory")?,
+        argv: std::env::args().skip(1).collect(),
+    };
+    write_atomically(&dir.join("command.json"), serde_json::to_string_pretty(&saved)?.as_bytes())
+}
+
+/// Parses the command line; with `--resume DIR`, returns the saved command's options instead
+/// (after checking the given ones against them), with `resume` and `out` set to DIR.
+pub fn parse() -> Result<Cli> {
+    let matches = Cli::command().get_matches();
+    let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let Some(common) = cli.command.common() else { return Ok(cli) };
+    let Some(dir) = common.resume.clone() else { return Ok(cli) };
+    let (quiet, no_plot) = (common.quiet, common.no_plot);
+    let name = cli.command.name();
+
+    let dir = dir
+        .canonicalize()
+        .with_context(|| format!("cannot resume {}: no such folder", dir.display()))?;
+    if let Some(out) = &common.out {
+        let same = out.canonicalize().is_ok_and(|o| o == dir);
+        ensure!(same, "--out {} differs from --resume {}", out.display(), dir.display());
+    }
+    let saved = read_saved(&dir)?;
+    ensure!(
+        saved.command == name,
+        "{} holds a `kd {}` run; resume it with `kd {} --resume {}`",
+        dir.display(),
+        saved.command,
+        saved.command,
+        dir.display()
+    );
+    std::env::set_current_dir(&saved.cwd).with_context(|| {
+        format!("cannot enter {}, where the run was started", saved.cwd.display())
+    })?;
+
+    let args = std::iter::once(OsString::from("kd")).chain(saved.argv.iter().map(OsString::from));
+    let saved_matches = Cli::command().try_get_matches_from(args).with_context(|| {
+        format!("{}/command.json holds options kd no longer reads", dir.display())
+    })?;
+    check_given(&matches, &saved_matches, &dir)?;
+
+    cli = Cli::from_arg_matches(&saved_matches)?;
+    let common = cli.command.common_mut().expect("the saved command trains");
+    common.resume = Some(dir.clone());
+    common.out = Some(dir);
+    common.force = false;
+    common.quiet = quiet;
+    common.no_plot = no_plot;
+    Ok(cli)
+}
+
+fn read_saved(dir: &Path) -> Result<SavedCommand> {
+    let path = dir.join("command.json");
+    ensure!(
+        path.is_file(),
+        "{} cannot be resumed: it has no command.json (a folder from an older kd, or not a run \
+         folder); start a new run instead",
+        dir.display()
+    );
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    let saved: SavedCommand = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not a command.json kd can read", path.display()))?;
+    ensure!(
+        saved.layout == LAYOUT,
+        "{} was written by a kd with run-folder layout {} (this kd writes layout {LAYOUT}) and \
+         cannot be resumed; start a new run instead",
+        dir.display(),
+        saved.layout
+    );
+    Ok(saved)
+}
+
+/// Refuses an option given on the command line whose value differs from the saved one.
+fn check_given(given: &ArgMatches, saved: &ArgMatches, dir: &Path) -> Result<()> {
+    let (Some((name, given)), Some((_, saved))) = (given.subcommand(), saved.subcommand()) else {
+        return Ok(());
+    };
+    let command = Cli::command();
+    let arguments = command.find_subcommand(name).expect("the subcommand exists");
+    for id in given.ids().map(|id| id.as_str()) {
+        // Group ids (the flattened option structs) are not options.
+        let Some(argument) = arguments.get_arguments().find(|a| a.get_id() == id) else {
+            continue;
+        };
+        if FREE.contains(&id) || given.value_source(id) != Some(ValueSource::CommandLine) {
+            continue;
+        }
+        let values = |m: &ArgMatches| -> Vec<String> {
+            m.get_raw(id)
+                .map(|v| v.map(|s| s.to_string_lossy().into_owned()).collect())
+                .unwrap_or_default()
+        };
+        let (now, before) = (values(given), values(saved));
+        if now != before {
+            let long = argument.get_long().unwrap_or(id);
+            bail!(
+                "--{long} {} conflicts with the run in {}, started with {}; resume without it, \
+                 or start a new run",
+                now.join(","),
+                dir.display(),
+                if before.is_empty() { "its default".to_string() } else { before.join(",") }
+            );
+        }
+    }
+    Ok(())
+}
