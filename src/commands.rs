@@ -211,6 +211,14 @@ pub fn sweep_command(args: &SweepArgs) -> Result<()> {
         shard: args.shard,
     };
 
+    if let Some([index, count]) = config.shard {
+        let points = config.grid().len();
+        ensure!(
+            !config.points().is_empty(),
+            "shard {index}/{count} holds no point: the grid has {points}, so use at most {points} \
+             shards"
+        );
+    }
     let out = run_folder(common, "sweep");
     std::fs::create_dir_all(&out)
         .with_context(|| format!("cannot create sweep folder {}", out.display()))?;

@@ -32,31 +32,29 @@ impl Sgd {
         self.lr = lr;
     }
 
-    /// Back-propagates `loss`, updates every variable and clears the gradients.
+    /// Back-propagates `loss` and updates every variable. The gradients are computed as new
+    /// tensors (the variables' `.grad` is never filled, so there is nothing to clear).
     pub fn backward_step(&mut self, loss: &Tensor) {
-        for (_, param, _) in &mut self.params {
-            param.zero_grad();
-        }
-        loss.backward();
+        let variables: Vec<&Tensor> = self.params.iter().map(|(_, p, _)| p).collect();
+        let grads = Tensor::run_backward(&[loss], &variables, false, false);
         let _guard = tch::no_grad_guard();
-        for (_, param, buffer) in &mut self.params {
-            let grad = param.grad();
-            if !grad.defined() {
-                continue;
-            }
-            let mut step =
-                if self.weight_decay != 0.0 { grad + &*param * self.weight_decay } else { grad };
-            if self.momentum != 0.0 {
-                step = match buffer.take() {
-                    None => step.copy(),
-                    Some(mut b) => {
-                        let _ = b.g_mul_scalar_(self.momentum).g_add_(&step);
-                        b
-                    }
-                };
-                *buffer = Some(step.shallow_clone());
-            }
-            let _ = param.g_sub_(&(step * self.lr));
+        let device = variables[0].device();
+        let neg_lr = Tensor::from(-self.lr).to_kind(Kind::Float).to_device(device);
+
+        for ((_, param, buffer), grad) in self.params.iter_mut().zip(grads) {
+            let step = match self.weight_decay {
+                0.0 => grad,
+                decay => grad + &*param * decay,
+            };
+            let step = match (self.momentum, buffer.as_mut()) {
+                (0.0, _) => step,
+                (_, None) => buffer.insert(step).shallow_clone(),
+                (momentum, Some(b)) => {
+                    let _ = b.g_mul_scalar_(momentum).g_add_(&step);
+                    b.shallow_clone()
+                }
+            };
+            let _ = param.addcmul_(&step, &neg_lr);
         }
     }
 

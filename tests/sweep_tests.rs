@@ -245,4 +245,10 @@ fn merged_shards_equal_the_whole_sweep() {
         assert_eq!(output.status.code(), Some(2), "{bad}");
         assert!(text(&output.stderr).contains("expected I/N"), "{}", text(&output.stderr));
     }
+    // The grid has 10 points: an 11th shard of 11 would be empty.
+    let output = sweep(&teacher, &dir.path().join("empty"), &["--shard", "11/11"]);
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = text(&output.stderr);
+    assert!(stderr.contains("shard 11/11 holds no point: the grid has 10"), "{stderr}");
+    assert!(!dir.path().join("empty").exists());
 }
