@@ -3,9 +3,11 @@
 //! A teacher is trained first ([`train::train_teacher`]); a small student is then trained to
 //! match the teacher's outputs softened by a temperature, mixed with the hard-label loss by a
 //! weight alpha ([`loss::distillation_loss`], [`train::distill`]). The pipeline follows the
-//! modules: [`data`] (MNIST as tensors), [`models`] (teacher and student networks), [`loss`],
-//! [`train`], [`checkpoint`], [`export`] (TorchScript), [`report`] (run folder, CSVs), and
-//! [`cli`] with [`commands`] for the `kd` binary.
+//! modules: [`data`] (MNIST as tensors), [`models`] (teacher and student networks),
+//! [`teacher`] (kd, TorchScript and ensemble teachers), [`loss`], [`optim`] (SGD whose state is
+//! saved), [`train`], [`sweep`], [`checkpoint`], [`export`] (TorchScript), [`report`] (run
+//! folder, CSVs, locks), [`resume`] (`--resume`), and [`cli`] with [`commands`] for the `kd`
+//! binary.
 
 pub mod checkpoint;
 pub mod cli;

@@ -50,7 +50,7 @@ pub enum InputLayout {
 pub struct TeacherNet {
     /// Where it came from (a file, or the run that trained it).
     pub source: PathBuf,
-    /// The `kd` spec, or `torchscript:` and the file name.
+    /// The `kd` spec, or `torchscript:` and the path as given.
     pub description: String,
     pub params: i64,
     net: Net,
@@ -116,10 +116,9 @@ impl TeacherNet {
             .unwrap_or(0);
         let shape = if image_input { "[n, 1, 28, 28]" } else { "[n, 784]" };
         log::info!("{} is a TorchScript teacher taking {shape}", path.display());
-        let name = path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
         Ok(TeacherNet {
             source: path.to_path_buf(),
-            description: format!("torchscript:{name}"),
+            description: format!("torchscript:{}", path.display()),
             params,
             net: Net::Script { module, image_input },
         })

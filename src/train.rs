@@ -1,10 +1,12 @@
 //! The three training phases (teacher pretraining, student baseline, student distillation), the
 //! epoch loop they share, and evaluation.
 //!
-//! Every phase reseeds libtorch's generator with its `seed` before building its model and before
-//! its first epoch, so the baseline and the distilled student start from the same weights and
-//! see the same batches: the only difference between them is the teacher. The teacher is always
-//! run in evaluation mode, without gradients, and is never handed to an optimizer.
+//! Every phase seeds libtorch's generator with its `seed` before building its model, and with
+//! [`epoch_seed`] before each epoch, so the baseline and the distilled student start from the
+//! same weights and see the same batches (the only difference between them is the teacher), and
+//! a phase resumed after its k-th epoch draws what an uninterrupted one draws. After every epoch
+//! a phase hands its model, optimizer and records to its caller, which saves them. The teacher
+//! is always run in evaluation mode, without gradients, and is never handed to an optimizer.
 
 use std::time::Instant;
 
@@ -342,8 +344,8 @@ struct EpochResult {
 
 /// One pass over the training set for every member, then a test-set evaluation of each.
 ///
-/// Members train in lanes: a lane walks the epoch's batches once and steps each of its members
-/// on every batch. On the CPU, when nothing in a step draws random numbers (no dropout, no
+/// Members train in lanes: a lane steps each of its members on every batch of the epoch. On the
+/// CPU, when nothing in a step draws random numbers (no dropout, no
 /// jitter) and the teacher's logits are cached, the members are spread over one lane per
 /// libtorch thread, each lane on a thread of its own running single-threaded kernels: small
 /// matrix products use a core better alone than split over two. The lanes' results equal the
@@ -387,6 +389,7 @@ fn train_epoch(
                             test: &own.test,
                             teacher_classes: own.teacher_classes.as_ref(),
                             ensemble,
+                            member_major: true,
                         };
                         train_lane(lane, lane_optimizers, &lane_data, &plan, &progress)
                     })
@@ -413,6 +416,7 @@ fn train_epoch(
             test: &data.test,
             teacher_classes: teacher.map(|t| &t.test_classes),
             ensemble,
+            member_major: false,
         };
         train_lane(members, optimizers, &inputs, &plan, &progress)
     };
@@ -443,6 +447,9 @@ struct LaneInputs<'a> {
     test: &'a Split,
     teacher_classes: Option<&'a Tensor>,
     ensemble: Ensemble,
+    /// Each member through all batches in turn, rather than each batch through all members
+    /// (only where preparing a batch draws no random numbers).
+    member_major: bool,
 }
 
 /// A lane thread's own handles on the data and the teacher's outputs (tensors cannot be shared
@@ -500,25 +507,33 @@ fn train_lane(
     let mut shared_seconds = 0.0;
     let config = plan.config;
 
-    for (step, index) in inputs.batches.iter().enumerate() {
-        let shared_start = Instant::now();
-        let lr = config.schedule.lr(config.lr, plan.first_step + step as i64, plan.total_steps);
-        let batch = (inputs.prepare)(index);
-        shared_seconds += shared_start.elapsed().as_secs_f64();
-
+    let lr = |step: usize| {
+        config.schedule.lr(config.lr, plan.first_step + step as i64, plan.total_steps)
+    };
+    if inputs.member_major {
+        // One member through every batch, then the next: its weights stay in the cache.
         for (k, (member, optimizer)) in members.iter().zip(optimizers.iter_mut()).enumerate() {
             let start = Instant::now();
-            optimizer.set_lr(lr);
-            let logits = member.model.forward_t(&batch.images, true);
-            let teacher = batch.teacher.as_ref();
-            let loss =
-                member_loss(member.objective, &logits, teacher, inputs.ensemble, &batch.labels);
-            optimizer.backward_step(&loss);
-            member.model.apply_constraints();
-            losses[k].push(loss.detach() * index.size()[0] as f64);
+            for (step, index) in inputs.batches.iter().enumerate() {
+                let batch = (inputs.prepare)(index);
+                losses[k].push(member_step(member, optimizer, &batch, lr(step), inputs.ensemble));
+                progress.inc(1);
+            }
             own_seconds[k] += start.elapsed().as_secs_f64();
         }
-        progress.inc(members.len() as u64);
+    } else {
+        for (step, index) in inputs.batches.iter().enumerate() {
+            let shared_start = Instant::now();
+            let batch = (inputs.prepare)(index);
+            shared_seconds += shared_start.elapsed().as_secs_f64();
+
+            for (k, (member, optimizer)) in members.iter().zip(optimizers.iter_mut()).enumerate() {
+                let start = Instant::now();
+                losses[k].push(member_step(member, optimizer, &batch, lr(step), inputs.ensemble));
+                own_seconds[k] += start.elapsed().as_secs_f64();
+            }
+            progress.inc(members.len() as u64);
+        }
     }
 
     let share = shared_seconds / members.len() as f64;
@@ -531,14 +546,32 @@ fn train_lane(
             // Summed on the device, so the host never waits inside the epoch.
             let losses = Tensor::stack(&losses, 0);
             let loss_sum = losses.sum(Kind::Float);
-            let first_bad_step = (!bool::try_from(losses.isfinite().all()).unwrap_or(false))
-                .then(|| losses.isfinite().logical_not().to_kind(Kind::Int).argmax(0, false))
-                .map(|step| step.int64_value(&[]));
+            let bad = losses.isfinite().logical_not();
+            let first_bad_step = (bad.any().int64_value(&[]) != 0)
+                .then(|| bad.to_kind(Kind::Int).argmax(0, false).int64_value(&[]));
             let eval = evaluate(member.model, inputs.test, inputs.teacher_classes);
             let seconds = own + share + start.elapsed().as_secs_f64();
             EpochResult { loss_sum, eval, seconds, first_bad_step }
         })
         .collect()
+}
+
+/// One training step of `member` on `batch` at learning rate `lr`; returns its loss summed over
+/// the batch (detached, on the device).
+fn member_step(
+    member: &Member,
+    optimizer: &mut Sgd,
+    batch: &Batch,
+    lr: f64,
+    ensemble: Ensemble,
+) -> Tensor {
+    optimizer.set_lr(lr);
+    let logits = member.model.forward_t(&batch.images, true);
+    let teacher = batch.teacher.as_ref();
+    let loss = member_loss(member.objective, &logits, teacher, ensemble, &batch.labels);
+    optimizer.backward_step(&loss);
+    member.model.apply_constraints();
+    loss.detach() * batch.labels.size()[0] as f64
 }
 
 /// The loss of one member on a batch; `teacher` holds the teacher members' logits

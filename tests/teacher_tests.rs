@@ -68,8 +68,8 @@ fn an_ensemble_of_pytorch_teachers_reports_each_member_and_itself() {
         let summary: Vec<SummaryRow> = read_csv(&out.join("summary.csv"));
         let phases: Vec<&str> = summary.iter().map(|r| r.phase.as_str()).collect();
         assert_eq!(phases, ["teacher", "teacher", "ensemble", "student"]);
-        assert_eq!(summary[0].model, "torchscript:mlp.pt");
-        assert_eq!(summary[1].model, "torchscript:cnn.pt");
+        assert_eq!(summary[0].model, format!("torchscript:{mlp}"));
+        assert_eq!(summary[1].model, format!("torchscript:{cnn}"));
         let errors = |key: &str| expected[key]["test_errors"].as_i64().unwrap();
         assert_eq!(summary[0].test_errors, errors("mlp.pt"));
         assert_eq!(summary[1].test_errors, errors("cnn.pt"));
