@@ -9,8 +9,8 @@ Writes, in --out:
                      and errors per class, and those of the two-member ensemble (mean of
                      probabilities, and mean of logits)
 With --broken, also files kd must refuse: wrong_classes.pt (returns 5 logits) and
-state_dict.pt (weights saved with torch.save, not TorchScript); and nan_after_30_calls.pt, a
-teacher whose logits turn to NaN after its first 30 forwards.
+state_dict.pt (weights saved with torch.save, not TorchScript), nan_logits.pt (all logits NaN);
+and nan_after_30_calls.pt, a teacher whose logits turn to NaN after its first 30 forwards.
 
 Run with the set-up's Python: .venv/bin/python scripts/torch_teachers.py --out models/torch
 """
@@ -169,6 +169,7 @@ def main():
     if args.broken:
         torch.jit.script(WrongClasses()).save(os.path.join(args.out, "wrong_classes.pt"))
         torch.jit.script(NanAfter(30)).save(os.path.join(args.out, "nan_after_30_calls.pt"))
+        torch.jit.script(NanAfter(0)).save(os.path.join(args.out, "nan_logits.pt"))
         torch.save(mlp.state_dict(), os.path.join(args.out, "state_dict.pt"))
     with open(os.path.join(args.out, "teachers.json"), "w") as f:
         json.dump(report, f, indent=2)

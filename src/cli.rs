@@ -184,7 +184,7 @@ pub struct DistillArgs {
 pub struct TeacherSource {
     /// Teacher: a kd checkpoint (.safetensors) or a TorchScript file saved in PyTorch from
     /// torch.jit.script or torch.jit.trace. Repeat the option for an ensemble.
-    #[arg(long = "teacher", value_name = "PATH", required = true)]
+    #[arg(long = "teacher", value_name = "PATH", required_unless_present = "resume")]
     pub paths: Vec<PathBuf>,
     /// Teacher spec, needed only for kd checkpoints that do not record theirs.
     #[arg(long, value_name = "SPEC")]

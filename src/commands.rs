@@ -215,8 +215,8 @@ pub fn sweep_command(args: &SweepArgs) -> Result<()> {
         let points = config.grid().len();
         ensure!(
             !config.points().is_empty(),
-            "shard {index}/{count} holds no point: the grid has {points}, so use at most {points} \
-             shards"
+            "shard {index}/{count} holds no point: the grid has {points} (baselines included), \
+             so use at most {points} shards"
         );
     }
     let out = run_folder(common, "sweep");

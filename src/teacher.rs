@@ -82,6 +82,7 @@ impl TeacherNet {
         layout: InputLayout,
         probe: &Tensor,
     ) -> Result<TeacherNet> {
+        ensure!(!path.is_dir(), "{} is a folder, not a model file", path.display());
         ensure!(path.is_file(), "{} does not exist", path.display());
         let script_name = path.extension().is_some_and(|e| e == "pt" || e == "pth");
         if !is_torchscript(path)? {
@@ -97,19 +98,23 @@ impl TeacherNet {
                 path.display(),
                 model.classes
             );
-            return Ok(TeacherNet::from_model(model, path));
+            let net = TeacherNet::from_model(model, path);
+            check_finite(&net.predict(probe), path)?;
+            return Ok(net);
         }
 
         let mut module = CModule::load_on_device(path, device).map_err(|e| {
             anyhow!(
                 "{} is a zip archive but not a TorchScript model (a state_dict saved with \
-                 torch.save? save the model from torch.jit.script or torch.jit.trace): {}",
+                 torch.save? save the model from torch.jit.script or torch.jit.trace); \
+                 libtorch says: {}",
                 path.display(),
-                torch_message(&e)
+                torch_message(&e).split(". ").next().unwrap_or_default()
             )
         })?;
         module.set_eval();
         let image_input = find_layout(&module, path, layout, probe)?;
+        check_finite(&tch::no_grad(|| script_forward(&module, probe, image_input))?, path)?;
         let params = module
             .named_parameters()
             .map(|p| p.iter().map(|(_, t)| t.numel() as i64).sum())
@@ -227,6 +232,17 @@ pub fn soft_target_logits(stacked: &Tensor, temperature: f64, ensemble: Ensemble
     }
 }
 
+/// Refuses a model whose logits on the probe images are not all finite.
+fn check_finite(logits: &Tensor, path: &Path) -> Result<()> {
+    let finite = logits.isfinite().all().int64_value(&[]) != 0;
+    ensure!(
+        finite,
+        "{} gives logits that are not finite (NaN or infinite) on MNIST test images",
+        path.display()
+    );
+    Ok(())
+}
+
 /// Whether `path` is a zip archive, the container of TorchScript files (a safetensors
 /// checkpoint starts with its header length instead).
 fn is_torchscript(path: &Path) -> Result<bool> {
@@ -275,15 +291,18 @@ fn script_forward(module: &CModule, images: &Tensor, image_input: bool) -> Resul
     Ok(output.to_kind(Kind::Float))
 }
 
-/// The first line of a libtorch error, without the C++ stack trace that follows it.
+/// The gist of a libtorch error in one line, without the C++ stack trace that follows it: its
+/// first line, or, for an error raised inside a TorchScript model, the last line of the model's
+/// traceback (`RuntimeError: ...`), which says what went wrong.
 pub fn torch_message(error: &tch::TchError) -> String {
     let text = error.to_string();
     let text = text.split("Exception raised from").next().unwrap_or_default();
-    text.lines()
-        .map(str::trim)
-        .find(|l| !l.is_empty())
-        .unwrap_or("unknown libtorch error")
-        .to_string()
+    let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
+    let first = lines.next().unwrap_or("unknown libtorch error");
+    match first.contains("TorchScript interpreter") {
+        true => lines.next_back().unwrap_or(first).to_string(),
+        false => first.to_string(),
+    }
 }
 
 #[cfg(test)]

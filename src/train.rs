@@ -298,7 +298,8 @@ pub fn train_group(
             if let Some(step) = result.first_bad_step.filter(|_| !train_loss.is_finite()) {
                 bail!(
                     "{} phase, epoch {epoch}, step {} of {steps_per_epoch}: the training loss \
-                     became {train_loss}; try a lower --lr (or a temperature nearer 1)",
+                     became {train_loss}; try a lower --lr (or a temperature nearer 1), and if \
+                     it happens at any --lr, check that the teacher's outputs are finite",
                     member.phase.name(),
                     step + 1
                 );

@@ -117,13 +117,20 @@ fn a_torchscript_teacher_teaches_as_its_checkpoint_does() {
         rows.iter().map(|r| (r.train_loss, r.test_loss, r.test_errors)).collect::<Vec<_>>()
     };
     assert_eq!(metrics("teacher.safetensors"), metrics("teacher.pt"));
+
+    // --resume needs no --teacher: the saved command has it.
+    let finished = dir.path().join("teacher.pt");
+    let output = kd(&["distill", "--resume", finished.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(text(&output.stderr).contains("nothing to resume"), "{}", text(&output.stderr));
 }
 
 #[test]
 fn unusable_teachers_are_refused_with_the_reason() {
     let dir = tempfile::tempdir().unwrap();
-    let cases: [(&str, &[&str], &str); 4] = [
+    let cases: [(&str, &[&str], &str); 5] = [
         ("wrong_classes.pt", &[], "returns shape [2, 5], expected [2, 10]"),
+        ("nan_logits.pt", &[], "gives logits that are not finite (NaN or infinite)"),
         ("state_dict.pt", &[], "not a TorchScript model"),
         ("mlp.pt", &["--teacher-input", "image"], "on a [n, 1, 28, 28] batch it fails"),
         ("cnn.pt", &["--teacher-input", "flat"], "on a [n, 784] batch it fails"),
