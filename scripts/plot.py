@@ -23,6 +23,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 
 def read(folder, name):
@@ -96,7 +97,7 @@ def sweep_curves(folder):
         style = styles[alphas.index(a) % len(styles)]
         ax.plot(epochs, means, style, color=colour, marker=".", label=f"T = {t:g}, alpha = {a:g}")
     ax.set_xlabel("epoch")
-    ax.set_xticks(sorted({e for c in curves.values() for e in c}))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("test accuracy (%), mean over seeds")
     ax.set_title("Learning curves of the sweep's points")
     ax.grid(True, alpha=0.3)
@@ -109,10 +110,12 @@ def run_curves(folder):
     for row in read(folder, "metrics.csv"):
         phases[row["phase"]].append(row)
     fig, (acc, loss) = plt.subplots(1, 2, figsize=(11, 4.5))
+    longest = max(len(rows) for rows in phases.values())
+    marker = "o" if longest <= 30 else None
     for phase, rows in phases.items():
         epochs = [int(r["epoch"]) for r in rows]
-        acc.plot(epochs, [percent(r["test_acc"]) for r in rows], marker="o", label=phase)
-        loss.plot(epochs, [float(r["train_loss"]) for r in rows], marker="o", label=phase)
+        acc.plot(epochs, [percent(r["test_acc"]) for r in rows], marker=marker, label=phase)
+        loss.plot(epochs, [float(r["train_loss"]) for r in rows], marker=marker, label=phase)
     acc.set_xlabel("epoch")
     acc.set_ylabel("test accuracy (%)")
     acc.set_title("Test accuracy")
@@ -121,7 +124,7 @@ def run_curves(folder):
     loss.set_yscale("log")
     loss.set_title("Training loss")
     for ax in (acc, loss):
-        ax.set_xticks(sorted({int(r["epoch"]) for rows in phases.values() for r in rows}))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(True, alpha=0.3)
         ax.legend()
     return save(fig, folder, "learning_curves.png")

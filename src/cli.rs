@@ -34,6 +34,9 @@ pub enum Command {
     Eval(EvalArgs),
     /// Export a checkpoint as TorchScript (.pt) with a JSON card beside it.
     Export(ExportArgs),
+    /// List the presets of `kd run --preset`: what each reproduces, its command, the paper's
+    /// numbers and ours, and how long it takes.
+    Presets,
     /// Distill one teacher at every combination of temperatures, alphas and seeds (plus a
     /// baseline per seed), sharing the teacher's work; resumable and splittable into shards.
     Sweep(SweepArgs),
@@ -107,8 +110,12 @@ pub struct KdArgs {
 }
 
 #[derive(Debug, Args)]
-#[command(allow_negative_numbers = true)]
+#[command(allow_negative_numbers = true, args_override_self = true)]
 pub struct RunArgs {
+    /// A recipe from `kd presets` (or a preset .toml file): its options come first, so options
+    /// given here override them.
+    #[arg(long, value_name = "NAME")]
+    pub preset: Option<String>,
     #[command(flatten)]
     pub common: CommonArgs,
     #[command(flatten)]
@@ -134,6 +141,26 @@ pub struct RunArgs {
     /// training-set logits be computed once and reused).
     #[arg(long, value_name = "PIXELS", default_value_t = 0, value_parser = pixels)]
     pub student_jitter: i64,
+    /// Peak learning rate of the teacher's SGD [default: --lr].
+    #[arg(long, value_name = "X", value_parser = positive)]
+    pub teacher_lr: Option<f64>,
+    /// Skip teacher pretraining and use this kd checkpoint (a teacher.safetensors) instead.
+    #[arg(long, value_name = "PATH")]
+    pub teacher_from: Option<PathBuf>,
+    /// Skip the student baseline.
+    #[arg(long)]
+    pub no_baseline: bool,
+    /// Leave every training sample of this class out of the students' training set (the
+    /// teacher still sees them).
+    #[arg(long, value_name = "CLASS", value_parser = class)]
+    pub omit_class: Option<i64>,
+    /// Also report the distilled student with X added to the output bias of CLASS.
+    #[arg(long, value_name = "CLASS:X", value_parser = parse_bias_shift)]
+    pub bias_shift: Option<(i64, f64)>,
+    /// Keep the last N training samples out of the students' training set, and report the
+    /// bias shift of the --bias-shift class that makes the fewest errors on them.
+    #[arg(long, value_name = "N", value_parser = count, requires = "bias_shift")]
+    pub holdout: Option<i64>,
 }
 
 #[derive(Debug, Args)]
@@ -197,6 +224,18 @@ pub struct TeacherSource {
     /// probabilities (as in Hinton et al.), or the softmax of their mean logits.
     #[arg(long, value_name = "HOW", value_enum, default_value = "probabilities")]
     pub ensemble: Ensemble,
+}
+
+impl TeacherSource {
+    /// The one teacher file `path`, of any kind kd reads, with its layout detected.
+    pub fn one(path: &std::path::Path) -> TeacherSource {
+        TeacherSource {
+            paths: vec![path.to_path_buf()],
+            teacher_model: None,
+            teacher_input: InputLayout::Auto,
+            ensemble: Ensemble::Probabilities,
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -316,7 +355,7 @@ impl Command {
             Command::Teacher(args) => Some(&args.common),
             Command::Distill(args) => Some(&args.common),
             Command::Sweep(args) => Some(&args.common),
-            Command::Eval(_) | Command::Export(_) => None,
+            Command::Eval(_) | Command::Export(_) | Command::Presets => None,
         }
     }
 
@@ -327,7 +366,7 @@ impl Command {
             Command::Teacher(args) => Some(&mut args.common),
             Command::Distill(args) => Some(&mut args.common),
             Command::Sweep(args) => Some(&mut args.common),
-            Command::Eval(_) | Command::Export(_) => None,
+            Command::Eval(_) | Command::Export(_) | Command::Presets => None,
         }
     }
 
@@ -340,6 +379,7 @@ impl Command {
             Command::Sweep(_) => "sweep",
             Command::Eval(_) => "eval",
             Command::Export(_) => "export",
+            Command::Presets => "presets",
         }
     }
 }
@@ -384,6 +424,22 @@ pub fn parse_device(text: &str) -> Result<Device> {
             _ => bail!("expected auto, cpu, cuda or cuda:N"),
         },
     }
+}
+
+/// A class index of MNIST, 0 to 9.
+fn class(text: &str) -> Result<i64> {
+    match text.parse::<i64>() {
+        Ok(c) if (0..crate::data::CLASSES).contains(&c) => Ok(c),
+        _ => bail!("'{text}' is not a class from 0 to 9"),
+    }
+}
+
+/// `CLASS:X`: a class and the finite amount added to its output bias.
+fn parse_bias_shift(text: &str) -> Result<(i64, f64)> {
+    let Some((c, x)) = text.split_once(':') else {
+        bail!("expected CLASS:X, like 3:3.5");
+    };
+    Ok((class(c)?, number(x)?))
 }
 
 /// `I/N` with 1 <= I <= N.

@@ -7,7 +7,7 @@ use std::process::Command;
 use anyhow::{Context, Result, ensure};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use tch::Device;
+use tch::{Device, Tensor};
 
 use crate::checkpoint;
 use crate::checkpoint::PhaseState;
@@ -15,16 +15,17 @@ use crate::cli::{
     CommonArgs, DistillArgs, EvalArgs, ExportArgs, RunArgs, SweepAction, SweepArgs, TeacherArgs,
     TeacherSource,
 };
-use crate::data::{CLASSES, IMAGE_PIXELS, Mnist, load_mnist, load_test_split};
+use crate::data::{CLASSES, IMAGE_PIXELS, Mnist, Split, load_mnist, load_test_split};
 use crate::export::export_torchscript;
 use crate::models::{Model, ModelSpec};
+use crate::preset;
 use crate::report::{RunDir, SummaryRow, lock_folder, state_file, status, table, teacher_rows};
 use crate::resume::save_command;
 use crate::sweep::{self, SweepConfig, TeacherFile};
 use crate::teacher::{Ensemble, InputLayout, Teacher, TeacherNet};
 use crate::train::{
-    DistillConfig, EpochRecord, OnEpoch, Phase, PhaseConfig, distill, evaluation_from_logits,
-    seeded_model, train_baseline, train_teacher,
+    DistillConfig, EpochRecord, OnEpoch, Phase, PhaseConfig, best_class_shift, distill,
+    evaluation_from_logits, predict, seeded_model, shift_class, train_baseline, train_teacher,
 };
 
 /// Everything a run folder's `config.json` records.
@@ -36,12 +37,23 @@ struct RunConfig {
     device: String,
     train_samples: i64,
     seed: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    preset: Option<String>,
     teacher_model: String,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     teacher_checkpoints: Vec<PathBuf>,
     #[serde(skip_serializing_if = "Option::is_none")]
     ensemble: Option<Ensemble>,
     student_model: Option<String>,
+    /// The students' training samples, where `--omit-class` or `--holdout` leave some out.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    student_train_samples: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    omit_class: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    holdout: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bias_shift: Option<(i64, f64)>,
     teacher: Option<PhaseConfig>,
     student: Option<PhaseConfig>,
     distill: Option<DistillConfig>,
@@ -62,49 +74,169 @@ impl RunConfig {
     }
 }
 
-/// `kd run`: teacher, baseline and distilled student, then the student's TorchScript export.
+/// `kd run`: teacher (trained, or `--teacher-from`), baseline and distilled student, then the
+/// student's TorchScript export; with `--preset`, also the comparison with the paper.
 pub fn run(args: &RunArgs) -> Result<()> {
     let common = &args.common;
+    let preset = args.preset.as_deref().map(preset::find).transpose()?;
     let data = load_data(common)?;
-    let teacher_config = args.optim.phase(args.teacher_epochs, args.jitter, common.seed);
+    let (students, held_out) = student_data(&data, args)?;
+    let mut teacher_config = args.optim.phase(args.teacher_epochs, args.jitter, common.seed);
+    teacher_config.lr = args.teacher_lr.unwrap_or(args.optim.lr);
     let student_config = args.optim.phase(args.student_epochs, args.student_jitter, common.seed);
     let kd = args.kd.config();
     let config = RunConfig {
+        preset: args.preset.clone(),
         teacher_model: args.teacher_model.to_string(),
+        teacher_checkpoints: args.teacher_from.iter().cloned().collect(),
         student_model: Some(args.student_model.to_string()),
-        teacher: Some(teacher_config.clone()),
+        student_train_samples: (students.train.len() < data.train.len())
+            .then_some(students.train.len()),
+        omit_class: args.omit_class,
+        holdout: args.holdout,
+        bias_shift: args.bias_shift,
+        teacher: args.teacher_from.is_none().then(|| teacher_config.clone()),
         student: Some(student_config.clone()),
         distill: Some(kd),
         ..RunConfig::new("run", common, &data)
     };
-    let phases = [Phase::Teacher, Phase::Baseline, Phase::Student];
+    let phases: Vec<Phase> = [
+        (Phase::Teacher, args.teacher_from.is_none()),
+        (Phase::Baseline, !args.no_baseline),
+        (Phase::Student, true),
+    ]
+    .into_iter()
+    .filter_map(|(phase, runs)| runs.then_some(phase))
+    .collect();
     let mut dir = open_run(common, "run", &config, &phases)?;
 
-    let mut teacher = new_model(&args.teacher_model, common, Phase::Teacher);
-    let records = run_phase(&mut dir, &mut teacher, Phase::Teacher, |model, resume, on_epoch| {
-        train_teacher(model, &data, &teacher_config, resume, on_epoch)
-    })?;
-    checkpoint::save(&teacher, &dir.file("teacher.safetensors"))?;
-    let mut rows = vec![summary_row(Phase::Teacher, &teacher, &records, None)];
-    let teacher =
-        Teacher::single(TeacherNet::from_model(teacher, &dir.file("teacher.safetensors")));
+    let test = &data.test;
+    let on_omitted =
+        |logits: &Tensor| args.omit_class.map(|c| errors_on_class(logits, &test.labels, c));
+    let (teacher, mut rows) = match &args.teacher_from {
+        Some(path) => {
+            let teacher = load_teacher(&TeacherSource::one(path), common, &data)?;
+            let rows = teacher_rows(&teacher, &data.test);
+            (teacher, rows)
+        }
+        None => {
+            let mut teacher = new_model(&args.teacher_model, common, Phase::Teacher);
+            let records =
+                run_phase(&mut dir, &mut teacher, Phase::Teacher, |model, resume, on_epoch| {
+                    train_teacher(model, &data, &teacher_config, resume, on_epoch)
+                })?;
+            let path = dir.file("teacher.safetensors");
+            checkpoint::save(&teacher, &path)?;
+            let row = summary_row(Phase::Teacher, &teacher, &records, None);
+            (Teacher::single(TeacherNet::from_model(teacher, &path)), vec![row])
+        }
+    };
+    rows[0].omitted_errors = on_omitted(&teacher.logits(&test.images));
 
-    let mut baseline = new_model(&args.student_model, common, Phase::Baseline);
-    let records =
-        run_phase(&mut dir, &mut baseline, Phase::Baseline, |model, resume, on_epoch| {
-            train_baseline(model, Some(&teacher), &data, &student_config, resume, on_epoch)
-        })?;
-    checkpoint::save(&baseline, &dir.file("baseline.safetensors"))?;
-    rows.push(summary_row(Phase::Baseline, &baseline, &records, None));
+    if !args.no_baseline {
+        let mut baseline = new_model(&args.student_model, common, Phase::Baseline);
+        let records =
+            run_phase(&mut dir, &mut baseline, Phase::Baseline, |model, resume, on_epoch| {
+                train_baseline(model, Some(&teacher), &students, &student_config, resume, on_epoch)
+            })?;
+        checkpoint::save(&baseline, &dir.file("baseline.safetensors"))?;
+        rows.push(SummaryRow {
+            omitted_errors: on_omitted(&predict(&baseline, &test.images)),
+            ..summary_row(Phase::Baseline, &baseline, &records, None)
+        });
+    }
 
     let mut student = new_model(&args.student_model, common, Phase::Student);
     let records = run_phase(&mut dir, &mut student, Phase::Student, |model, resume, on_epoch| {
-        distill(model, &teacher, &data, &student_config, &kd, resume, on_epoch)
+        distill(model, &teacher, &students, &student_config, &kd, resume, on_epoch)
     })?;
-    rows.push(summary_row(Phase::Student, &student, &records, Some(&kd)));
+    let logits = predict(&student, &test.images);
+    let row = SummaryRow {
+        omitted_errors: on_omitted(&logits),
+        ..summary_row(Phase::Student, &student, &records, Some(&kd))
+    };
+    let shifted = args.bias_shift.map_or_else(Vec::new, |(class, shift)| {
+        let held_out = held_out.as_ref().map(|split| (predict(&student, &split.images), split));
+        shifted_rows(&row, &logits, test, (class, shift), held_out, &on_omitted)
+    });
+    rows.push(row);
+    rows.extend(shifted);
     save_student(&mut student, &dir)?;
 
-    finish(&dir, &rows, common)
+    if let Some(preset) = &preset {
+        preset::attach_paper(&mut rows, preset);
+    }
+    finish(&dir, &rows, common)?;
+    if let Some(preset) = &preset {
+        print!("{}", preset::comparison(&rows, preset));
+    }
+    Ok(())
+}
+
+/// The students' training set of `kd run` (the training set less its last `--holdout` samples
+/// and less the `--omit-class` samples), and the held-out samples.
+fn student_data(data: &Mnist, args: &RunArgs) -> Result<(Mnist, Option<Split>)> {
+    let n = data.train.len();
+    let holdout = args.holdout.unwrap_or(0);
+    ensure!(
+        holdout < n,
+        "--holdout {holdout} would leave no training sample for the students (the training set \
+         has {n})"
+    );
+    let mut train = data.train.take(n - holdout);
+    if let Some(class) = args.omit_class {
+        train = train.without_class(class);
+        ensure!(!train.is_empty(), "the students' training set holds only class {class}");
+    }
+    if train.len() < n {
+        let omitted = args.omit_class.map_or(String::new(), |c| format!(", without class {c}"));
+        let held = args.holdout.map_or(String::new(), |h| format!(", last {h} held out"));
+        status(&format!("students: {} training images{omitted}{held}", train.len()));
+    }
+    let held_out = args.holdout.map(|h| data.train.last(h));
+    Ok((Mnist { train, test: data.test.shallow_clone() }, held_out))
+}
+
+/// The distilled student's summary rows (`row`, its test `logits`) with the output bias of
+/// `class` shifted: by `shift` and, given held-out samples (with the student's logits for them),
+/// by the amount that makes the fewest errors on them.
+fn shifted_rows(
+    row: &SummaryRow,
+    logits: &Tensor,
+    test: &Split,
+    (class, shift): (i64, f64),
+    held_out: Option<(Tensor, &Split)>,
+    on_omitted: &dyn Fn(&Tensor) -> Option<i64>,
+) -> Vec<SummaryRow> {
+    let shifted_row = |phase: &str, shift: f64, how: &str| {
+        let logits = shift_class(logits, class, shift);
+        let eval = evaluation_from_logits(&logits, &test.labels, None);
+        SummaryRow {
+            phase: phase.to_string(),
+            model: format!("{}, class {class} bias {shift:+}{how}", row.model),
+            test_acc: eval.accuracy,
+            test_errors: eval.errors,
+            agreement: None,
+            omitted_errors: on_omitted(&logits),
+            ..row.clone()
+        }
+    };
+    let mut rows = vec![shifted_row("shifted", shift, "")];
+    if let Some((held_logits, held_out)) = held_out {
+        let (best, errors) = best_class_shift(&held_logits, &held_out.labels, class);
+        status(&format!(
+            "class {class}: a bias shift of {best:+} makes the fewest errors ({errors}) on the {} \
+             held-out samples",
+            held_out.len()
+        ));
+        rows.push(shifted_row("best-shift", best, " (best on the held-out samples)"));
+    }
+    rows
+}
+
+/// Test errors on `class` of the model that gave `logits` for the samples with `labels`.
+fn errors_on_class(logits: &Tensor, labels: &Tensor, class: i64) -> i64 {
+    evaluation_from_logits(logits, labels, None).class_errors[class as usize]
 }
 
 /// `kd teacher`: teacher pretraining alone.
@@ -236,6 +368,12 @@ pub fn sweep_command(args: &SweepArgs) -> Result<()> {
     Ok(())
 }
 
+/// `kd presets`: what `kd run --preset` knows.
+pub fn presets() -> Result<()> {
+    print!("{}", preset::describe(&preset::built_in()));
+    Ok(())
+}
+
 /// `kd eval`: test-set figures of a checkpoint or a TorchScript file, per class too.
 pub fn eval(args: &EvalArgs) -> Result<()> {
     let test = load_test_split(&args.data, args.device)?;
@@ -344,6 +482,10 @@ fn summary_row(
         test_errors: last.test_errors,
         agreement: last.agreement,
         seconds: records.iter().map(|r| r.seconds).sum(),
+        omitted_errors: None,
+        paper_errors: None,
+        paper_omitted_errors: None,
+        difference: None,
     }
 }
 

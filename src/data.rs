@@ -59,6 +59,22 @@ impl Split {
         let n = n.min(self.len());
         Split { images: self.images.narrow(0, 0, n), labels: self.labels.narrow(0, 0, n) }
     }
+
+    /// The last `n` samples (all of them when `n` is larger).
+    pub fn last(&self, n: i64) -> Split {
+        let n = n.min(self.len());
+        let start = self.len() - n;
+        Split { images: self.images.narrow(0, start, n), labels: self.labels.narrow(0, start, n) }
+    }
+
+    /// The samples whose label is not `class`, in their order.
+    pub fn without_class(&self, class: i64) -> Split {
+        let keep = self.labels.ne(class).nonzero().squeeze_dim(1);
+        Split {
+            images: self.images.index_select(0, &keep),
+            labels: self.labels.index_select(0, &keep),
+        }
+    }
 }
 
 /// The MNIST training and test splits.

@@ -6,8 +6,8 @@
 //! modules: [`data`] (MNIST as tensors), [`models`] (teacher and student networks),
 //! [`teacher`] (kd, TorchScript and ensemble teachers), [`loss`], [`optim`] (SGD whose state is
 //! saved), [`train`], [`sweep`], [`checkpoint`], [`export`] (TorchScript), [`report`] (run
-//! folder, CSVs, locks), [`resume`] (`--resume`), and [`cli`] with [`commands`] for the `kd`
-//! binary.
+//! folder, CSVs, locks), [`resume`] (`--resume`), [`preset`] (named recipes of `kd run`), and
+//! [`cli`] with [`commands`] for the `kd` binary.
 
 pub mod checkpoint;
 pub mod cli;
@@ -17,6 +17,7 @@ pub mod export;
 pub mod loss;
 pub mod models;
 pub mod optim;
+pub mod preset;
 pub mod report;
 pub mod resume;
 pub mod sweep;

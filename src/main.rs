@@ -28,6 +28,7 @@ fn main() -> ExitCode {
         Command::Eval(args) => commands::eval(args),
         Command::Export(args) => commands::export(args),
         Command::Sweep(args) => commands::sweep_command(args),
+        Command::Presets => commands::presets(),
     };
     if let Err(error) = result {
         eprintln!("error: {error:#}");

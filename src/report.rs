@@ -50,6 +50,13 @@ pub struct SummaryRow {
     pub test_errors: i64,
     pub agreement: Option<f64>,
     pub seconds: f64,
+    /// Test errors on the class left out of the students' training set (`--omit-class`).
+    pub omitted_errors: Option<i64>,
+    /// The published test errors this row reproduces (preset runs), in total and on the
+    /// omitted class, and `test_errors` minus the published figure.
+    pub paper_errors: Option<i64>,
+    pub paper_omitted_errors: Option<i64>,
+    pub difference: Option<i64>,
 }
 
 /// The files a run writes. `--force` removes them before a new run starts in the same folder,
@@ -115,6 +122,10 @@ pub fn teacher_rows(teacher: &Teacher, test: &Split) -> Vec<SummaryRow> {
             test_errors: eval.errors,
             agreement: None,
             seconds: 0.0,
+            omitted_errors: None,
+            paper_errors: None,
+            paper_omitted_errors: None,
+            difference: None,
         }
     };
     let stacked = teacher.member_logits(&test.images);

@@ -47,7 +47,7 @@ pub fn save_command(dir: &Path, command: &str) -> Result<()> {
 /// Parses the command line; with `--resume DIR`, returns the saved command's options instead
 /// (after checking the given ones against them), with `resume` and `out` set to DIR.
 pub fn parse() -> Result<Cli> {
-    let matches = Cli::command().get_matches();
+    let matches = matches_from(std::env::args_os().collect()).unwrap_or_else(|e| e.exit());
     let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let Some(common) = cli.command.common() else { return Ok(cli) };
     let Some(dir) = common.resume.clone() else { return Ok(cli) };
@@ -75,7 +75,7 @@ pub fn parse() -> Result<Cli> {
     })?;
 
     let args = std::iter::once(OsString::from("kd")).chain(saved.argv.iter().map(OsString::from));
-    let saved_matches = Cli::command().try_get_matches_from(args).with_context(|| {
+    let saved_matches = matches_from(args.collect()).with_context(|| {
         format!("{}/command.json holds options kd no longer reads", dir.display())
     })?;
     check_given(&matches, &saved_matches, &dir)?;
@@ -88,6 +88,19 @@ pub fn parse() -> Result<Cli> {
     common.quiet = quiet;
     common.no_plot = no_plot;
     Ok(cli)
+}
+
+/// Parses the command line `args` (program name first); a `kd run --preset NAME` is parsed
+/// with the preset's options put before the given ones (see [`crate::preset`]), so that the
+/// preset's options count towards what clap requires.
+fn matches_from(args: Vec<OsString>) -> Result<ArgMatches, clap::Error> {
+    let Some(name) = crate::preset::named_in(&args) else {
+        return Cli::command().try_get_matches_from(args);
+    };
+    let expanded = crate::preset::expand(args, Some(&name)).map_err(|error| {
+        Cli::command().error(clap::error::ErrorKind::InvalidValue, format!("{error:#}"))
+    })?;
+    Cli::command().try_get_matches_from(expanded)
 }
 
 fn read_saved(dir: &Path) -> Result<SavedCommand> {
