@@ -93,6 +93,10 @@ pub struct OptimArgs {
     /// Learning-rate schedule over each phase.
     #[arg(long, value_enum, default_value_t = Schedule::Cosine)]
     pub schedule: Schedule,
+    /// Epochs at the start of each phase over which the learning rate rises linearly to its
+    /// peak; the schedule runs over the rest.
+    #[arg(long, value_name = "N", default_value_t = 0, value_parser = non_negative_count)]
+    pub warmup_epochs: i64,
 }
 
 /// Distillation options.
@@ -394,6 +398,7 @@ impl OptimArgs {
             momentum: self.momentum,
             weight_decay: self.weight_decay,
             schedule: self.schedule,
+            warmup_epochs: self.warmup_epochs,
             jitter,
             seed,
         }
@@ -460,6 +465,14 @@ fn count(text: &str) -> Result<i64> {
     match text.parse::<i64>() {
         Ok(n) if n >= 1 => Ok(n),
         _ => bail!("'{text}' is not a whole number of at least 1"),
+    }
+}
+
+/// A whole number of at least 0.
+fn non_negative_count(text: &str) -> Result<i64> {
+    match text.parse::<i64>() {
+        Ok(n) if n >= 0 => Ok(n),
+        _ => bail!("'{text}' is not a whole number of at least 0"),
     }
 }
 

@@ -51,8 +51,10 @@ pub struct PaperRow {
     pub errors: Option<i64>,
     /// The paper's test errors on the omitted class, when it gives them.
     pub omitted_errors: Option<i64>,
-    /// The test errors `kd` made in the run the README reports.
+    /// The test errors `kd` made in the run the README reports, in total and on the omitted
+    /// class.
     pub measured: Option<i64>,
+    pub measured_omitted: Option<i64>,
 }
 
 /// The built-in preset `name`, or the preset file at `name` when it ends in `.toml`.
@@ -122,14 +124,14 @@ pub fn describe(presets: &[Preset]) -> String {
     let mut out = String::new();
     for preset in presets {
         out += &format!("{}\n  {}\n  command:  {}\n", preset.name, preset.summary, preset.command);
-        out += &format!("  time:     {} (CPU); {} (GPU)\n", preset.time_cpu, preset.time_gpu);
+        out += &format!("  CPU time: {}\n  GPU time: {}\n", preset.time_cpu, preset.time_gpu);
         out += &format!("  options:  {}\n", preset.args.join(" "));
         if !preset.paper.is_empty() {
             out += "  expected test errors:\n";
             for row in &preset.paper {
                 let paper = errors_text(row.errors, row.omitted_errors);
-                let measured = row.measured.map_or("-".to_string(), |e| e.to_string());
-                out += &format!("    {:<44} paper {:>10}  kd {:>5}\n", row.label, paper, measured);
+                let measured = errors_text(row.measured, row.measured_omitted);
+                out += &format!("    {:<46} paper {paper:>10}  kd {measured:>10}\n", row.label);
             }
         }
         out.push('\n');
@@ -156,13 +158,13 @@ pub fn comparison(rows: &[SummaryRow], preset: &Preset) -> String {
         "\n{} beside the paper (test errors of 10,000; on the omitted class in brackets)\n",
         preset.name
     );
-    out += &format!("{:<44} {:>10} {:>10} {:>11}\n", "row", "paper", "kd", "difference");
+    out += &format!("{:<46} {:>10} {:>10} {:>11}\n", "row", "paper", "kd", "difference");
     for paper in &preset.paper {
         let Some(row) = rows.iter().find(|r| r.phase == paper.phase) else { continue };
         let ours = errors_text(Some(row.test_errors), row.omitted_errors);
         let difference = row.difference.map_or("-".to_string(), |d| format!("{d:+}"));
         let paper_errors = errors_text(paper.errors, paper.omitted_errors);
-        out += &format!("{:<44} {paper_errors:>10} {ours:>10} {difference:>11}\n", paper.label);
+        out += &format!("{:<46} {paper_errors:>10} {ours:>10} {difference:>11}\n", paper.label);
     }
     let errors = |phase: &str| rows.iter().find(|r| r.phase == phase).map(|r| r.test_errors);
     if let (Some(teacher), Some(baseline), Some(student)) =

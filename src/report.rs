@@ -282,14 +282,15 @@ pub fn epoch_line(r: &EpochRecord) -> String {
 /// The closing table: one line per trained model.
 pub fn table(rows: &[SummaryRow]) -> String {
     let width = rows.iter().map(|r| r.model.len()).max().unwrap_or(0).max(28);
+    let phase_width = rows.iter().map(|r| r.phase.len()).max().unwrap_or(0).max(9);
     let mut out = format!(
-        "{:<9} {:<width$} {:>9} {:>8} {:>7} {:>10}\n",
+        "{:<phase_width$} {:<width$} {:>9} {:>8} {:>7} {:>10}\n",
         "phase", "model", "params", "test acc", "errors", "agreement"
     );
     for r in rows {
         let agreement = r.agreement.map_or("-".to_string(), |a| format!("{:.2}%", 100.0 * a));
         out += &format!(
-            "{:<9} {:<width$} {:>9} {:>7.2}% {:>7} {:>10}\n",
+            "{:<phase_width$} {:<width$} {:>9} {:>7.2}% {:>7} {:>10}\n",
             r.phase,
             r.model,
             r.params,

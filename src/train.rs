@@ -35,9 +35,26 @@ pub struct PhaseConfig {
     pub momentum: f64,
     pub weight_decay: f64,
     pub schedule: Schedule,
+    /// Epochs over which the learning rate first rises linearly to its peak, before the
+    /// schedule runs over the remaining steps (0: none; runs from before it read as 0).
+    #[serde(default)]
+    pub warmup_epochs: i64,
     /// Random shift of each training image by up to this many pixels (0: none).
     pub jitter: i64,
     pub seed: i64,
+}
+
+impl PhaseConfig {
+    /// The learning rate of `step` (from 0) of a phase of `total` steps: a linear rise over
+    /// the warm-up steps to the peak, reached at the warm-up's last step, then the schedule
+    /// over the steps after it.
+    pub fn lr_at(&self, step: i64, total: i64) -> f64 {
+        let warmup = (self.warmup_epochs * total / self.epochs.max(1)).min(total);
+        if step < warmup {
+            return self.lr * (step + 1) as f64 / warmup as f64;
+        }
+        self.schedule.lr(self.lr, step - warmup, total - warmup)
+    }
 }
 
 /// How the learning rate moves over a phase.
@@ -314,7 +331,7 @@ pub fn train_group(
                 test_acc: eval.accuracy,
                 test_errors: eval.errors,
                 agreement: eval.agreement,
-                lr: config.schedule.lr(config.lr, last_step, steps_per_epoch * config.epochs),
+                lr: config.lr_at(last_step, steps_per_epoch * config.epochs),
                 seconds: result.seconds,
             };
             records[k].push(record);
@@ -508,9 +525,7 @@ fn train_lane(
     let mut shared_seconds = 0.0;
     let config = plan.config;
 
-    let lr = |step: usize| {
-        config.schedule.lr(config.lr, plan.first_step + step as i64, plan.total_steps)
-    };
+    let lr = |step: usize| config.lr_at(plan.first_step + step as i64, plan.total_steps);
     if inputs.member_major {
         // One member through every batch, then the next: its weights stay in the cache.
         for (k, (member, optimizer)) in members.iter().zip(optimizers.iter_mut()).enumerate() {
@@ -735,5 +750,31 @@ mod tests {
         assert!((Schedule::Cosine.lr(0.1, 50, 100) - 0.05).abs() < 1e-12);
         assert!(Schedule::Cosine.lr(0.1, 100, 100).abs() < 1e-12);
         assert_eq!(Schedule::Constant.lr(0.1, 70, 100), 0.1);
+    }
+
+    #[test]
+    fn warm_up_rises_linearly_then_hands_over_to_the_schedule() {
+        // 10 epochs of 10 steps, 2 of them warm-up: steps 0 to 19 rise by 0.1 / 20 a step,
+        // then the cosine runs over the 80 steps left (by exact arithmetic: its middle, step
+        // 20 + 40, is half the peak).
+        let config = PhaseConfig {
+            epochs: 10,
+            batch_size: 1,
+            lr: 0.1,
+            momentum: 0.9,
+            weight_decay: 0.0,
+            schedule: Schedule::Cosine,
+            warmup_epochs: 2,
+            jitter: 0,
+            seed: 0,
+        };
+        assert!((config.lr_at(0, 100) - 0.005).abs() < 1e-15);
+        assert!((config.lr_at(9, 100) - 0.05).abs() < 1e-15);
+        assert_eq!(config.lr_at(19, 100), 0.1);
+        assert_eq!(config.lr_at(20, 100), 0.1);
+        assert!((config.lr_at(60, 100) - 0.05).abs() < 1e-12);
+        assert!(config.lr_at(100, 100).abs() < 1e-12);
+        let plain = PhaseConfig { warmup_epochs: 0, ..config };
+        assert_eq!(plain.lr_at(60, 100), Schedule::Cosine.lr(0.1, 60, 100));
     }
 }

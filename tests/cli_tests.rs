@@ -468,3 +468,50 @@ fn the_phases_one_by_one_give_the_same_numbers_as_kd_run() {
     let apart = key(read_csv(&dir.path().join("distill/summary.csv")));
     assert_eq!(together, apart);
 }
+
+#[test]
+fn warm_up_raises_the_learning_rate_to_its_peak_then_the_cosine_takes_over() {
+    // 1,000 images in batches of 100: 10 steps an epoch, 30 in the phase, 10 of them warm-up.
+    // metrics.csv gives the rate of each epoch's last step: step 9 ends the warm-up at the
+    // peak, 0.1; step 19 is 9 of the cosine's 20 steps, 0.05 * (1 + cos(9 pi / 20)); step 29
+    // is its last, 0.05 * (1 + cos(19 pi / 20)) (exact arithmetic).
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("warm");
+    let data = common::mnist_dir();
+    let output = kd(&[
+        "teacher",
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--device",
+        "cpu",
+        "--train-limit",
+        "1000",
+        "--batch-size",
+        "100",
+        "--teacher-model",
+        "mlp:32",
+        "--epochs",
+        "3",
+        "--lr",
+        "0.1",
+        "--warmup-epochs",
+        "1",
+        "--quiet",
+        "--no-plot",
+    ]);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let rates: Vec<f64> =
+        read_csv::<EpochRecord>(&out.join("metrics.csv")).iter().map(|r| r.lr).collect();
+    let pi = std::f64::consts::PI;
+    let expected =
+        [0.1, 0.05 * (1.0 + (9.0 * pi / 20.0).cos()), 0.05 * (1.0 + (19.0 * pi / 20.0).cos())];
+    for (rate, expected) in rates.iter().zip(expected) {
+        assert!((rate - expected).abs() < 1e-12, "{rates:?} against {expected}");
+    }
+    assert_eq!(rates.len(), 3);
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["teacher"]["warmup_epochs"], 1);
+}

@@ -25,6 +25,7 @@ fn config(epochs: i64, jitter: i64) -> PhaseConfig {
         momentum: 0.9,
         weight_decay: 0.0,
         schedule: Schedule::Cosine,
+        warmup_epochs: 0,
         jitter,
         seed: 7,
     }
