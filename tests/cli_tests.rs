@@ -477,30 +477,9 @@ fn warm_up_raises_the_learning_rate_to_its_peak_then_the_cosine_takes_over() {
     // is its last, 0.05 * (1 + cos(19 pi / 20)) (exact arithmetic).
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("warm");
-    let data = common::mnist_dir();
-    let output = kd(&[
-        "teacher",
-        "--data",
-        data.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--device",
-        "cpu",
-        "--train-limit",
-        "1000",
-        "--batch-size",
-        "100",
-        "--teacher-model",
-        "mlp:32",
-        "--epochs",
-        "3",
-        "--lr",
-        "0.1",
-        "--warmup-epochs",
-        "1",
-        "--quiet",
-        "--no-plot",
-    ]);
+    let options = ["--train-limit", "1000", "--batch-size", "100", "--teacher-model", "mlp:32"];
+    let schedule = ["--epochs", "3", "--lr", "0.1", "--warmup-epochs", "1"];
+    let output = common::kd_cpu("teacher", &out, &[&options[..], &schedule[..]].concat());
     assert!(output.status.success(), "{}", text(&output.stderr));
     let rates: Vec<f64> =
         read_csv::<EpochRecord>(&out.join("metrics.csv")).iter().map(|r| r.lr).collect();

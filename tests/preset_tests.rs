@@ -19,9 +19,7 @@ use kd::train::{evaluate, evaluation_from_logits, predict};
 use tch::{Device, Kind, Tensor};
 
 /// Small sizes that override the preset's.
-const SMALL: [&str; 12] = [
-    "--device",
-    "cpu",
+const SMALL: [&str; 10] = [
     "--train-limit",
     "3000",
     "--teacher-model",
@@ -35,12 +33,7 @@ const SMALL: [&str; 12] = [
 ];
 
 fn preset_run(preset: &str, out: &Path, extra: &[&str]) -> std::process::Output {
-    let data = common::mnist_dir();
-    let mut args = vec!["run", "--preset", preset, "--data", data.to_str().unwrap()];
-    args.extend(["--out", out.to_str().unwrap(), "--quiet", "--no-plot"]);
-    args.extend(SMALL);
-    args.extend(extra);
-    kd(&args)
+    common::kd_cpu("run", out, &[&["--preset", preset][..], &SMALL, extra].concat())
 }
 
 fn config(dir: &Path) -> serde_json::Value {
@@ -108,24 +101,8 @@ fn a_preset_run_applies_the_preset_under_the_users_options_and_compares_with_the
 fn the_omitted_class_preset_leaves_out_the_class_and_shifts_its_output_bias() {
     let dir = tempfile::tempdir().unwrap();
     let teacher_run = dir.path().join("teacher");
-    let data = common::mnist_dir();
-    let teacher = kd(&[
-        "teacher",
-        "--data",
-        data.to_str().unwrap(),
-        "--out",
-        teacher_run.to_str().unwrap(),
-        "--device",
-        "cpu",
-        "--train-limit",
-        "3000",
-        "--teacher-model",
-        "mlp:128",
-        "--epochs",
-        "2",
-        "--quiet",
-        "--no-plot",
-    ]);
+    let options = ["--train-limit", "3000", "--teacher-model", "mlp:128", "--epochs", "2"];
+    let teacher = common::kd_cpu("teacher", &teacher_run, &options);
     assert!(teacher.status.success(), "{}", text(&teacher.stderr));
     let teacher_file = teacher_run.join("teacher.safetensors");
 
@@ -135,7 +112,7 @@ fn the_omitted_class_preset_leaves_out_the_class_and_shifts_its_output_bias() {
     assert!(output.status.success(), "{}", text(&output.stderr));
 
     // The students trained on the first 2,500 images less their 3s.
-    let mnist = load_mnist(&data, Device::Cpu, Some(3000)).unwrap();
+    let mnist = load_mnist(&common::mnist_dir(), Device::Cpu, Some(3000)).unwrap();
     let kept = mnist.train.labels.narrow(0, 0, 2500).ne(3).sum(Kind::Int64).int64_value(&[]);
     let config = config(&out);
     assert_eq!(config["student_train_samples"], kept);

@@ -70,3 +70,13 @@ pub fn weights(path: &Path) -> Vec<(String, Vec<u8>)> {
     tensors.sort();
     tensors
 }
+
+/// Runs `kd COMMAND` on the real MNIST, on the CPU, quietly and without plots, writing to
+/// `out`, with `extra` options after those.
+pub fn kd_cpu(command: &str, out: &Path, extra: &[&str]) -> Output {
+    let data = mnist_dir();
+    let mut args = vec![command, "--data", data.to_str().unwrap(), "--out", out.to_str().unwrap()];
+    args.extend(["--device", "cpu", "--quiet", "--no-plot"]);
+    args.extend(extra);
+    kd(&args)
+}
