@@ -525,17 +525,20 @@ fn run_phase(
     if let Some(state) = &resume {
         status(&format!("{}: continuing after epoch {}", phase.name(), state.epochs_done));
     }
-    train(model, resume, &mut |end| {
+    let result = train(model, resume, &mut |end| {
         checkpoint::save_state(end.model, end.optimizer, end.records, &path)?;
         dir.record_epoch(end.record)
-    })
-    .with_context(|| match path.exists() {
-        true => format!(
-            "the {} phase stopped (its last whole epoch is kept in {})",
-            phase.name(),
-            path.display()
-        ),
-        false => format!("the {} phase stopped before its first epoch ended", phase.name()),
+    });
+    result.map_err(|error| {
+        let kept = match path.exists() {
+            true => format!("its last whole epoch is kept in {}", path.display()),
+            false => "before its first epoch ended".to_string(),
+        };
+        let next = match crate::interrupt::is_interrupt(&error) {
+            true => format!("; continue with --resume {}", dir.path.display()),
+            false => String::new(),
+        };
+        error.context(format!("the {} phase stopped ({kept}{next})", phase.name()))
     })
 }
 

@@ -6,7 +6,7 @@
 //! modules: [`data`] (MNIST as tensors), [`models`] (teacher and student networks),
 //! [`teacher`] (kd, TorchScript and ensemble teachers), [`loss`], [`optim`] (SGD whose state is
 //! saved), [`train`], [`sweep`], [`checkpoint`], [`export`] (TorchScript), [`report`] (run
-//! folder, CSVs, locks), [`resume`] (`--resume`), [`preset`] (named recipes of `kd run`), and
+//! folder, CSVs, locks), [`interrupt`] (Ctrl-C), [`resume`] (`--resume`), [`preset`] (named recipes of `kd run`), and
 //! [`cli`] with [`commands`] for the `kd` binary.
 
 pub mod checkpoint;
@@ -14,6 +14,7 @@ pub mod cli;
 pub mod commands;
 pub mod data;
 pub mod export;
+pub mod interrupt;
 pub mod loss;
 pub mod models;
 pub mod optim;

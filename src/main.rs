@@ -1,6 +1,6 @@
 //! The `kd` binary: parses the command line and dispatches to [`kd::commands`]. Errors are
 //! printed with their causes, one paragraph, and exit with status 1 (clap's own usage errors
-//! exit with 2).
+//! exit with 2, a run stopped by Ctrl-C with 130).
 
 use std::process::ExitCode;
 
@@ -9,6 +9,7 @@ use kd::commands;
 
 fn main() -> ExitCode {
     reproducible_cpu_products();
+    kd::interrupt::install();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let cli = match kd::resume::parse() {
         Ok(cli) => cli,
@@ -32,6 +33,9 @@ fn main() -> ExitCode {
     };
     if let Err(error) = result {
         eprintln!("error: {error:#}");
+        if kd::interrupt::is_interrupt(&error) {
+            return ExitCode::from(kd::interrupt::EXIT_STATUS);
+        }
         return ExitCode::FAILURE;
     }
     ExitCode::SUCCESS

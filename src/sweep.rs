@@ -194,7 +194,16 @@ pub fn run_sweep(
     if !pending.is_empty() {
         let targets = TeacherTargets::new(teacher, data, config.student.jitter, true);
         for group in groups(&pending, group_size) {
-            train_points(config, &spec, &group, &targets, data, dir)?;
+            train_points(config, &spec, &group, &targets, data, dir).map_err(|error| {
+                match crate::interrupt::is_interrupt(&error) {
+                    true => error.context(format!(
+                        "the sweep stopped; its finished points are kept in {0}: run the same \
+                         command again, or kd sweep --resume {0}, to train the rest",
+                        dir.display()
+                    )),
+                    false => error,
+                }
+            })?;
         }
     }
     finish_sweep(config, dir)

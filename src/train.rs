@@ -17,6 +17,7 @@ use tch::{Kind, Tensor};
 
 use crate::checkpoint::PhaseState;
 use crate::data::{Mnist, Split, epoch_batches, jitter};
+use crate::interrupt::Interrupted;
 use crate::loss::{KdLoss, cross_entropy, distillation_loss};
 use crate::models::{Arch, Model, ModelSpec};
 use crate::optim::Sgd;
@@ -276,7 +277,8 @@ pub fn epoch_seed(seed: i64, epoch: i64) -> i64 {
 ///
 /// With a `teacher`, each epoch reports every member's agreement with it. Returns the records
 /// of each member's phase, resumed epochs included. A training loss that is not finite stops
-/// with an error naming the phase, epoch and step, before `on_epoch` sees that epoch.
+/// with an error naming the phase, epoch and step, before `on_epoch` sees that epoch; Ctrl-C
+/// stops inside the epoch with [`Interrupted`], and `on_epoch` never sees that epoch either.
 pub fn train_group(
     members: &mut [Member],
     teacher: Option<&TeacherTargets>,
@@ -310,6 +312,10 @@ pub fn train_group(
         tch::manual_seed(epoch_seed(config.seed, epoch));
         let first_step = (epoch - 1) * steps_per_epoch;
         let results = train_epoch(members, &mut optimizers, teacher, data, config, first_step);
+        if results.len() < members.len() {
+            let phase = members[0].phase.name();
+            return Err(Interrupted { phase, epoch }.into());
+        }
         for (k, (member, result)) in members.iter().zip(results).enumerate() {
             let train_loss = result.loss_sum.double_value(&[]) / data.train.len() as f64;
             if let Some(step) = result.first_bad_step.filter(|_| !train_loss.is_finite()) {
@@ -370,6 +376,9 @@ struct EpochResult {
 /// sequential ones because `kd` runs MKL in strict reproducible mode (see `main.rs`), where a
 /// product does not depend on the thread count, and the members' MLPs use no other reduction
 /// split by threads. Everything else trains in one lane on the calling thread.
+///
+/// After Ctrl-C the lanes stop at their next step and give no results, so fewer results than
+/// members come back.
 fn train_epoch(
     members: &mut [Member],
     optimizers: &mut [Sgd],
@@ -531,6 +540,9 @@ fn train_lane(
         for (k, (member, optimizer)) in members.iter().zip(optimizers.iter_mut()).enumerate() {
             let start = Instant::now();
             for (step, index) in inputs.batches.iter().enumerate() {
+                if crate::interrupt::requested() {
+                    break;
+                }
                 let batch = (inputs.prepare)(index);
                 losses[k].push(member_step(member, optimizer, &batch, lr(step), inputs.ensemble));
                 progress.inc(1);
@@ -539,6 +551,9 @@ fn train_lane(
         }
     } else {
         for (step, index) in inputs.batches.iter().enumerate() {
+            if crate::interrupt::requested() {
+                break;
+            }
             let shared_start = Instant::now();
             let batch = (inputs.prepare)(index);
             shared_seconds += shared_start.elapsed().as_secs_f64();
@@ -552,6 +567,10 @@ fn train_lane(
         }
     }
 
+    if crate::interrupt::requested() {
+        // A cut epoch gives no results: its steps are dropped, as if it had never started.
+        return Vec::new();
+    }
     let share = shared_seconds / members.len() as f64;
     members
         .iter()

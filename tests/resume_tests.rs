@@ -1,12 +1,12 @@
-//! Long runs that survive: a `kd run` killed with SIGKILL and resumed ends exactly as a run never
-//! killed; a resumed run refuses an option that differs; a locked folder is refused; a teacher
+//! Long runs that survive: a `kd run` killed with SIGKILL, then stopped with Ctrl-C, and resumed
+//! each time ends exactly as a run never killed; a resumed run refuses an option that differs; a locked folder is refused; a teacher
 //! that turns to NaN stops the phase with an error naming it, and the last whole epoch stays.
 //! All with the real binary on real MNIST.
 
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{kd, mnist_dir, read_csv, text, torch_teachers, weights};
@@ -46,24 +46,37 @@ fn rows(dir: &Path) -> usize {
     std::fs::read_to_string(dir.join("metrics.csv")).map_or(0, |t| t.lines().count().max(1) - 1)
 }
 
-/// Starts `kd` with `args` and kills it with SIGKILL once `metrics.csv` has `after_rows`
-/// epoch rows and then `delay` more has passed (so the kill lands inside an epoch).
-fn kill_during(args: &[String], dir: &Path, after_rows: usize, delay: Duration) {
+/// Starts `kd` with `args` and stops it with `signal` (`KILL` or `INT`, as Ctrl-C sends) once
+/// `metrics.csv` has `after_rows` epoch rows and then `delay` more has passed (so the signal
+/// lands inside an epoch). Returns kd's exit status and stderr.
+fn stop_during(
+    signal: &str,
+    args: &[String],
+    dir: &Path,
+    after_rows: usize,
+    delay: Duration,
+) -> (ExitStatus, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_kd"))
         .args(args)
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let start = Instant::now();
     while rows(dir) < after_rows {
-        assert!(child.try_wait().unwrap().is_none(), "kd ended before it could be killed");
+        assert!(child.try_wait().unwrap().is_none(), "kd ended before it could be stopped");
         assert!(start.elapsed() < Duration::from_secs(300), "kd made no progress");
         std::thread::sleep(Duration::from_millis(20));
     }
     std::thread::sleep(delay);
-    child.kill().unwrap();
-    child.wait().unwrap();
+    let sent = Command::new("kill").args(["-s", signal, &child.id().to_string()]).status();
+    assert!(sent.unwrap().success(), "kill -s {signal} failed");
+    let output = child.wait_with_output().unwrap();
+    (output.status, text(&output.stderr))
+}
+
+fn kill_during(args: &[String], dir: &Path, after_rows: usize, delay: Duration) {
+    stop_during("KILL", args, dir, after_rows, delay);
 }
 
 #[test]
@@ -73,15 +86,19 @@ fn a_run_killed_twice_and_resumed_ends_as_one_never_killed() {
     let output = kd(&run_args(&whole).iter().map(String::as_str).collect::<Vec<_>>());
     assert!(output.status.success(), "{}", text(&output.stderr));
 
-    // Killed in the teacher's third epoch, resumed, killed again in the baseline's third epoch
-    // (or the student's first), resumed.
+    // Killed in the teacher's third epoch, resumed, stopped by Ctrl-C in the baseline's third
+    // epoch (or the student's first), resumed.
     let killed = dir.path().join("killed");
     kill_during(&run_args(&killed), &killed, 2, Duration::from_millis(150));
     let state = killed.join("teacher.state.safetensors");
     let saved = kd::checkpoint::state_records(&state).unwrap().len();
     assert!((2..4).contains(&saved), "the teacher's state holds {saved} epochs");
     let resume = ["run", "--resume", killed.to_str().unwrap()].map(String::from).to_vec();
-    kill_during(&resume, &killed, 6, Duration::from_millis(30));
+    let (status, stderr) = stop_during("INT", &resume, &killed, 6, Duration::from_millis(30));
+    assert_eq!(status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("interrupted by Ctrl-C in epoch"), "{stderr}");
+    assert!(stderr.contains(&format!("continue with --resume {}", killed.display())), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
     // Options given again with their saved values are accepted.
     let output = kd(&["run", "--resume", killed.to_str().unwrap(), "--train-limit", "10000"]);
     assert!(output.status.success(), "{}", text(&output.stderr));
