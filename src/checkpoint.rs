@@ -120,9 +120,27 @@ fn write(
         .collect::<Result<Vec<_>, safetensors::SafeTensorError>>()?;
 
     let tmp = temporary_path(path);
-    safetensors::serialize_to_file(views, Some(metadata), &tmp)
+    let file = safetensors::serialize(views, Some(metadata))?;
+    std::fs::write(&tmp, sorted_header(file)?)
         .with_context(|| format!("cannot write checkpoint {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("cannot move {} into place", tmp.display()))
+}
+
+/// `file` (safetensors bytes) with its JSON header rewritten with sorted keys. safetensors
+/// writes the metadata in hash-map order, which changes from process to process; sorted, equal
+/// checkpoints are equal files. The header stays padded with spaces to a multiple of 8 bytes.
+fn sorted_header(file: Vec<u8>) -> Result<Vec<u8>> {
+    let length = u64::from_le_bytes(file[..8].try_into()?) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&file[8..8 + length])?;
+    // serde_json's maps are sorted by key (its preserve_order feature is off).
+    let mut sorted = serde_json::to_vec(&header)?;
+    sorted.resize(sorted.len().next_multiple_of(8), b' ');
+
+    let mut out = Vec::with_capacity(8 + sorted.len() + file.len() - 8 - length);
+    out.extend_from_slice(&(sorted.len() as u64).to_le_bytes());
+    out.extend_from_slice(&sorted);
+    out.extend_from_slice(&file[8 + length..]);
+    Ok(out)
 }
 
 /// Builds the model a checkpoint describes and loads its weights, on `device`.

@@ -51,7 +51,7 @@ pub struct CommonArgs {
     /// Run folder for config, CSVs and checkpoints [default: runs/<command>-<date>-<time>].
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
-    /// Overwrite a run folder that already holds a finished run.
+    /// Overwrite a run folder that already holds a run, finished or not.
     #[arg(long)]
     pub force: bool,
     /// Continue the killed run in DIR from its last saved epoch, with the options saved there

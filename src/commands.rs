@@ -85,9 +85,21 @@ pub fn run(args: &RunArgs) -> Result<()> {
     teacher_config.lr = args.teacher_lr.unwrap_or(args.optim.lr);
     let student_config = args.optim.phase(args.student_epochs, args.student_jitter, common.seed);
     let kd = args.kd.config();
+    // A given teacher loads before the run folder is touched: a bad file leaves it as it was.
+    let given_teacher = match &args.teacher_from {
+        Some(path) => Some(load_teacher(&TeacherSource::one(path), common, &data)?),
+        None => None,
+    };
+    let teacher_model = match &given_teacher {
+        Some(teacher) => teacher.description(),
+        None => args.teacher_model.to_string(),
+    };
+    if teacher_model != args.teacher_model.to_string() {
+        status(&format!("teacher: {teacher_model} from --teacher-from (not --teacher-model)"));
+    }
     let config = RunConfig {
         preset: args.preset.clone(),
-        teacher_model: args.teacher_model.to_string(),
+        teacher_model,
         teacher_checkpoints: args.teacher_from.iter().cloned().collect(),
         student_model: Some(args.student_model.to_string()),
         student_train_samples: (students.train.len() < data.train.len())
@@ -113,9 +125,8 @@ pub fn run(args: &RunArgs) -> Result<()> {
     let test = &data.test;
     let on_omitted =
         |logits: &Tensor| args.omit_class.map(|c| errors_on_class(logits, &test.labels, c));
-    let (teacher, mut rows) = match &args.teacher_from {
-        Some(path) => {
-            let teacher = load_teacher(&TeacherSource::one(path), common, &data)?;
+    let (teacher, mut rows) = match given_teacher {
+        Some(teacher) => {
             let rows = teacher_rows(&teacher, &data.test);
             (teacher, rows)
         }
@@ -397,6 +408,12 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
 
 /// `kd export`: a checkpoint to TorchScript.
 pub fn export(args: &ExportArgs) -> Result<()> {
+    ensure!(
+        !crate::teacher::is_torchscript(&args.model)?,
+        "{} is TorchScript already (kd export takes a kd checkpoint, .safetensors); load it \
+         with torch.jit.load as it is",
+        args.model.display()
+    );
     let mut model = checkpoint::load(&args.model, Device::Cpu, args.model_spec.as_ref())?;
     let folder = match &args.out {
         Some(dir) => dir.clone(),

@@ -156,6 +156,11 @@ impl RunDir {
     /// A folder that already holds a run (finished, or killed and resumable) is refused
     /// without `force`.
     pub fn create(path: &Path, force: bool) -> Result<RunDir> {
+        // A folder in use says so before anything else.
+        let held = match path.is_dir() {
+            true => Some(lock_folder(path)?),
+            false => None,
+        };
         if path.join("summary.csv").exists() && !force {
             bail!(
                 "{} already holds a finished run; pass --force to overwrite it \
@@ -173,7 +178,10 @@ impl RunDir {
         }
         fs::create_dir_all(path)
             .with_context(|| format!("cannot create run folder {}", path.display()))?;
-        let lock = lock_folder(path)?;
+        let lock = match held {
+            Some(lock) => lock,
+            None => lock_folder(path)?,
+        };
         for name in RUN_FILES.iter().filter(|_| force) {
             let old = path.join(name);
             if old.exists() {

@@ -105,6 +105,7 @@ fn matches_from(args: Vec<OsString>) -> Result<ArgMatches, clap::Error> {
 
 fn read_saved(dir: &Path) -> Result<SavedCommand> {
     let path = dir.join("command.json");
+    ensure!(dir.is_dir(), "{} cannot be resumed: it is not a run folder", dir.display());
     ensure!(
         path.is_file(),
         "{} cannot be resumed: it has no command.json (a folder from an older kd, or not a run \

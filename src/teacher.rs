@@ -245,7 +245,7 @@ fn check_finite(logits: &Tensor, path: &Path) -> Result<()> {
 
 /// Whether `path` is a zip archive, the container of TorchScript files (a safetensors
 /// checkpoint starts with its header length instead).
-fn is_torchscript(path: &Path) -> Result<bool> {
+pub fn is_torchscript(path: &Path) -> Result<bool> {
     let mut magic = [0u8; 4];
     let mut file =
         std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;

@@ -288,6 +288,15 @@ fn distill_and_eval_work_from_a_teacher_checkpoint() {
     assert_eq!(output.status.code(), Some(1));
     assert_eq!(std::fs::read(out.join("metrics.csv")).unwrap(), metrics);
     assert!(out.join("summary.csv").exists() && out.join("student.pt").exists());
+
+    // So does a forced `kd run` whose --teacher-from cannot be loaded.
+    let missing = dir.path().join("missing.safetensors");
+    let args = ["run", "--data", data, "--out", out.to_str().unwrap(), "--force", "--teacher-from"];
+    let output = kd(&[&args[..], &[missing.to_str().unwrap()]].concat());
+    assert_eq!(output.status.code(), Some(1));
+    assert!(text(&output.stderr).contains("missing.safetensors"), "{}", text(&output.stderr));
+    assert_eq!(std::fs::read(out.join("metrics.csv")).unwrap(), metrics);
+    assert!(out.join("summary.csv").exists() && out.join("student.safetensors").exists());
 }
 
 /// Runs kd and returns its exit code and stderr.

@@ -138,3 +138,29 @@ fn distillation_leaves_the_teacher_bitwise_unchanged() {
     let second = teacher.logits(&data.test.images);
     assert!(first.equal(&second));
 }
+
+/// safetensors writes its metadata in hash-map order, which varies from one map to the next;
+/// `kd` sorts the header, so the same model saved twice gives the same bytes, and the header
+/// lists its keys in order. Without the sorting, the two metadata keys come out in either order.
+#[test]
+fn equal_checkpoints_are_equal_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = seeded_model(&spec("mlp:8"), CLASSES, Device::Cpu, 3);
+    let files: Vec<Vec<u8>> = (0..8)
+        .map(|k| {
+            let path = dir.path().join(format!("m{k}.safetensors"));
+            checkpoint::save(&model, &path).unwrap();
+            std::fs::read(&path).unwrap()
+        })
+        .collect();
+    assert!(files.iter().all(|f| f == &files[0]), "the same model gave different files");
+
+    let length = u64::from_le_bytes(files[0][..8].try_into().unwrap()) as usize;
+    assert_eq!(length % 8, 0, "the header is not padded to 8 bytes");
+    let header = std::str::from_utf8(&files[0][8..8 + length]).unwrap();
+    let classes = header.find("\"kd.classes\"").unwrap();
+    let model_key = header.find("\"kd.model\"").unwrap();
+    assert!(classes < model_key, "metadata keys out of order: {header}");
+    let reloaded = checkpoint::load(&dir.path().join("m0.safetensors"), Device::Cpu, None).unwrap();
+    assert_eq!(reloaded.spec.to_string(), "mlp:8");
+}

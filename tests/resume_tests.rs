@@ -151,6 +151,8 @@ fn a_folder_in_use_is_refused() {
     std::fs::create_dir_all(&out).unwrap();
     let lock = std::fs::File::create(out.join(".lock")).unwrap();
     lock.lock().unwrap();
+    // The folder looks like a run in progress: "in use" comes first, not advice to resume.
+    std::fs::write(out.join("command.json"), "{}").unwrap();
 
     let output = kd(&run_args(&out).iter().map(String::as_str).collect::<Vec<_>>());
     assert_eq!(output.status.code(), Some(1));
@@ -159,7 +161,9 @@ fn a_folder_in_use_is_refused() {
         "{}",
         text(&output.stderr)
     );
+    assert!(!text(&output.stderr).contains("--resume"), "{}", text(&output.stderr));
     drop(lock);
+    std::fs::remove_file(out.join("command.json")).unwrap();
 
     // The lock is the operating system's: released, the folder is usable at once.
     let data = mnist_dir();
