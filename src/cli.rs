@@ -390,8 +390,15 @@ impl Command {
 
 impl OptimArgs {
     /// The phase configuration these options give, for `epochs` epochs with `jitter` pixels.
-    pub fn phase(&self, epochs: i64, jitter: i64, seed: i64) -> PhaseConfig {
-        PhaseConfig {
+    /// A warm-up must leave at least one epoch of the phase to the schedule.
+    pub fn phase(&self, epochs: i64, jitter: i64, seed: i64) -> anyhow::Result<PhaseConfig> {
+        anyhow::ensure!(
+            self.warmup_epochs == 0 || self.warmup_epochs < epochs,
+            "--warmup-epochs {} leaves nothing of a {epochs}-epoch phase to the schedule; give \
+             fewer warm-up epochs than the phase has",
+            self.warmup_epochs
+        );
+        Ok(PhaseConfig {
             epochs,
             batch_size: self.batch_size,
             lr: self.lr,
@@ -401,7 +408,7 @@ impl OptimArgs {
             warmup_epochs: self.warmup_epochs,
             jitter,
             seed,
-        }
+        })
     }
 }
 

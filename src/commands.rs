@@ -81,9 +81,9 @@ pub fn run(args: &RunArgs) -> Result<()> {
     let preset = args.preset.as_deref().map(preset::find).transpose()?;
     let data = load_data(common)?;
     let (students, held_out) = student_data(&data, args)?;
-    let mut teacher_config = args.optim.phase(args.teacher_epochs, args.jitter, common.seed);
+    let mut teacher_config = args.optim.phase(args.teacher_epochs, args.jitter, common.seed)?;
     teacher_config.lr = args.teacher_lr.unwrap_or(args.optim.lr);
-    let student_config = args.optim.phase(args.student_epochs, args.student_jitter, common.seed);
+    let student_config = args.optim.phase(args.student_epochs, args.student_jitter, common.seed)?;
     let kd = args.kd.config();
     // A given teacher loads before the run folder is touched: a bad file leaves it as it was.
     let given_teacher = match &args.teacher_from {
@@ -254,7 +254,7 @@ fn errors_on_class(logits: &Tensor, labels: &Tensor, class: i64) -> i64 {
 pub fn teacher(args: &TeacherArgs) -> Result<()> {
     let common = &args.common;
     let data = load_data(common)?;
-    let config = args.optim.phase(args.epochs, args.jitter, common.seed);
+    let config = args.optim.phase(args.epochs, args.jitter, common.seed)?;
     let run_config = RunConfig {
         teacher_model: args.teacher_model.to_string(),
         teacher: Some(config.clone()),
@@ -276,7 +276,7 @@ pub fn distill_command(args: &DistillArgs) -> Result<()> {
     let common = &args.common;
     let data = load_data(common)?;
     let teacher = load_teacher(&args.teacher, common, &data)?;
-    let config = args.optim.phase(args.epochs, args.jitter, common.seed);
+    let config = args.optim.phase(args.epochs, args.jitter, common.seed)?;
     let kd = args.kd.config();
     let run_config = RunConfig {
         teacher_model: teacher.description(),
@@ -345,7 +345,7 @@ pub fn sweep_command(args: &SweepArgs) -> Result<()> {
         teachers,
         ensemble: teacher.ensemble,
         student_model: args.student_model.to_string(),
-        student: args.optim.phase(args.epochs, args.jitter, common.seed),
+        student: args.optim.phase(args.epochs, args.jitter, common.seed)?,
         kd_loss: args.kd_loss,
         temperatures: args.temperature.clone(),
         alphas: args.alpha.clone(),

@@ -388,7 +388,25 @@ fn bad_files_get_clear_errors_and_exit_1() {
             vec!["eval".into(), "--model".into(), out("absent.pt"), "--data".into(), data.into()],
             "absent.pt does not exist",
         ),
+        (
+            ["teacher", "--data", data, "--epochs", "2", "--warmup-epochs", "2", "--out"]
+                .map(String::from)
+                .into_iter()
+                .chain([out("r4")])
+                .collect(),
+            "--warmup-epochs 2 leaves nothing of a 2-epoch phase to the schedule",
+        ),
+        (
+            vec![
+                "export".into(),
+                "--model".into(),
+                blocker.with_extension("zip").to_str().unwrap().into(),
+            ],
+            "is TorchScript already",
+        ),
     ];
+    // A zip archive, as TorchScript files are.
+    std::fs::write(blocker.with_extension("zip"), b"PK\x03\x04 and more").unwrap();
     std::fs::write(blocker.with_extension("pt"), "not torchscript").unwrap();
     let five_classes = dir.path().join("five.safetensors");
     let spec = "mlp:16".parse().unwrap();
