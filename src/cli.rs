@@ -148,6 +148,9 @@ pub struct RunArgs {
     /// Peak learning rate of the teacher's SGD [default: --lr].
     #[arg(long, value_name = "X", value_parser = positive)]
     pub teacher_lr: Option<f64>,
+    /// Peak learning rate of the baseline student's SGD [default: --lr].
+    #[arg(long, value_name = "X", value_parser = positive)]
+    pub baseline_lr: Option<f64>,
     /// Skip teacher pretraining and use this kd checkpoint (a teacher.safetensors) instead.
     #[arg(long, value_name = "PATH")]
     pub teacher_from: Option<PathBuf>,

@@ -55,6 +55,9 @@ struct RunConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     bias_shift: Option<(i64, f64)>,
     teacher: Option<PhaseConfig>,
+    /// The baseline's settings, where `--baseline-lr` makes them differ from the student's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    baseline: Option<PhaseConfig>,
     student: Option<PhaseConfig>,
     distill: Option<DistillConfig>,
 }
@@ -84,6 +87,8 @@ pub fn run(args: &RunArgs) -> Result<()> {
     let mut teacher_config = args.optim.phase(args.teacher_epochs, args.jitter, common.seed)?;
     teacher_config.lr = args.teacher_lr.unwrap_or(args.optim.lr);
     let student_config = args.optim.phase(args.student_epochs, args.student_jitter, common.seed)?;
+    let baseline_lr = args.baseline_lr.unwrap_or(student_config.lr);
+    let baseline_config = PhaseConfig { lr: baseline_lr, ..student_config.clone() };
     let kd = args.kd.config();
     // A given teacher loads before the run folder is touched: a bad file leaves it as it was.
     let given_teacher = match &args.teacher_from {
@@ -108,6 +113,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
         holdout: args.holdout,
         bias_shift: args.bias_shift,
         teacher: args.teacher_from.is_none().then(|| teacher_config.clone()),
+        baseline: (baseline_config != student_config).then(|| baseline_config.clone()),
         student: Some(student_config.clone()),
         distill: Some(kd),
         ..RunConfig::new("run", common, &data)
@@ -148,7 +154,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
         let mut baseline = new_model(&args.student_model, common, Phase::Baseline);
         let records =
             run_phase(&mut dir, &mut baseline, Phase::Baseline, |model, resume, on_epoch| {
-                train_baseline(model, Some(&teacher), &students, &student_config, resume, on_epoch)
+                train_baseline(model, Some(&teacher), &students, &baseline_config, resume, on_epoch)
             })?;
         checkpoint::save(&baseline, &dir.file("baseline.safetensors"))?;
         rows.push(SummaryRow {

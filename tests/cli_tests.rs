@@ -521,3 +521,24 @@ fn warm_up_raises_the_learning_rate_to_its_peak_then_the_cosine_takes_over() {
         serde_json::from_slice(&std::fs::read(out.join("config.json")).unwrap()).unwrap();
     assert_eq!(config["teacher"]["warmup_epochs"], 1);
 }
+
+#[test]
+fn the_baseline_takes_its_own_learning_rate() {
+    // A constant schedule: metrics.csv gives each phase's peak rate as it is.
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("own-lr");
+    let sizes = ["--train-limit", "1000", "--teacher-model", "mlp:32", "--student-model", "mlp:16"];
+    let epochs = ["--teacher-epochs", "1", "--student-epochs", "1", "--schedule", "constant"];
+    let rates = ["--teacher-lr", "0.07", "--lr", "0.02", "--baseline-lr", "0.05"];
+    let output = common::kd_cpu("run", &out, &[&sizes[..], &epochs[..], &rates[..]].concat());
+    assert!(output.status.success(), "{}", text(&output.stderr));
+
+    let rows = read_csv::<EpochRecord>(&out.join("metrics.csv"));
+    let rates: Vec<(Phase, f64)> = rows.iter().map(|r| (r.phase, r.lr)).collect();
+    let expected = [(Phase::Teacher, 0.07), (Phase::Baseline, 0.05), (Phase::Student, 0.02)];
+    assert_eq!(rates, expected);
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["baseline"]["lr"], 0.05);
+    assert_eq!(config["student"]["lr"], 0.02);
+}
