@@ -148,7 +148,9 @@ pub fn run(args: &RunArgs) -> Result<()> {
             (Teacher::single(TeacherNet::from_model(teacher, &path)), vec![row])
         }
     };
-    rows[0].omitted_errors = on_omitted(&teacher.logits(&test.images));
+    // Test logits of the teacher and the baseline are computed only when a class is omitted.
+    rows[0].omitted_errors =
+        args.omit_class.and_then(|_| on_omitted(&teacher.logits(&test.images)));
 
     if !args.no_baseline {
         let mut baseline = new_model(&args.student_model, common, Phase::Baseline);
@@ -158,7 +160,9 @@ pub fn run(args: &RunArgs) -> Result<()> {
             })?;
         checkpoint::save(&baseline, &dir.file("baseline.safetensors"))?;
         rows.push(SummaryRow {
-            omitted_errors: on_omitted(&predict(&baseline, &test.images)),
+            omitted_errors: args
+                .omit_class
+                .and_then(|_| on_omitted(&predict(&baseline, &test.images))),
             ..summary_row(Phase::Baseline, &baseline, &records, None)
         });
     }

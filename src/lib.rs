@@ -6,8 +6,8 @@
 //! modules: [`data`] (MNIST as tensors), [`models`] (teacher and student networks),
 //! [`teacher`] (kd, TorchScript and ensemble teachers), [`loss`], [`optim`] (SGD whose state is
 //! saved), [`train`], [`sweep`], [`checkpoint`], [`export`] (TorchScript), [`report`] (run
-//! folder, CSVs, locks), [`interrupt`] (Ctrl-C), [`resume`] (`--resume`), [`preset`] (named recipes of `kd run`), and
-//! [`cli`] with [`commands`] for the `kd` binary.
+//! folder, CSVs, locks), [`interrupt`] (Ctrl-C), [`resume`] (`--resume`), [`preset`] (named
+//! recipes of `kd run`), and [`cli`] with [`commands`] for the `kd` binary.
 
 pub mod checkpoint;
 pub mod cli;

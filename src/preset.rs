@@ -90,7 +90,8 @@ fn parse(text: &str) -> Result<Preset> {
     Ok(preset)
 }
 
-/// The preset a `kd run` command line (program name first, then `run`) names with `--preset NAME` or `--preset=NAME`, if any.
+/// The preset a `kd run` command line (program name first, then `run`) names with
+/// `--preset NAME` or `--preset=NAME`, if any.
 pub fn named_in(args: &[OsString]) -> Option<String> {
     if args.get(1).is_none_or(|a| a != "run") {
         return None;

@@ -91,8 +91,7 @@ fn the_main_job_writes_its_results_and_a_torchscript_student_equal_to_the_rust_o
         );
     }
 
-    let config: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(out.join("config.json")).unwrap()).unwrap();
+    let config = common::config_json(&out);
     assert_eq!(config["distill"]["temperature"], 4.0);
     assert_eq!(config["student_model"], "mlp:64");
     assert_eq!(config["train_samples"], 3000);
@@ -517,8 +516,7 @@ fn warm_up_raises_the_learning_rate_to_its_peak_then_the_cosine_takes_over() {
         assert!((rate - expected).abs() < 1e-12, "{rates:?} against {expected}");
     }
     assert_eq!(rates.len(), 3);
-    let config: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(out.join("config.json")).unwrap()).unwrap();
+    let config = common::config_json(&out);
     assert_eq!(config["teacher"]["warmup_epochs"], 1);
 }
 
@@ -537,8 +535,7 @@ fn the_baseline_takes_its_own_learning_rate() {
     let rates: Vec<(Phase, f64)> = rows.iter().map(|r| (r.phase, r.lr)).collect();
     let expected = [(Phase::Teacher, 0.07), (Phase::Baseline, 0.05), (Phase::Student, 0.02)];
     assert_eq!(rates, expected);
-    let config: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(out.join("config.json")).unwrap()).unwrap();
+    let config = common::config_json(&out);
     assert_eq!(config["baseline"]["lr"], 0.05);
     assert_eq!(config["student"]["lr"], 0.02);
 }

@@ -36,10 +36,6 @@ fn preset_run(preset: &str, out: &Path, extra: &[&str]) -> std::process::Output 
     common::kd_cpu("run", out, &[&["--preset", preset][..], &SMALL, extra].concat())
 }
 
-fn config(dir: &Path) -> serde_json::Value {
-    serde_json::from_slice(&std::fs::read(dir.join("config.json")).unwrap()).unwrap()
-}
-
 #[test]
 fn kd_presets_lists_each_preset_with_its_command_and_the_papers_numbers() {
     let output = kd(&["presets"]);
@@ -67,7 +63,7 @@ fn a_preset_run_applies_the_preset_under_the_users_options_and_compares_with_the
     assert!(output.status.success(), "{}", text(&output.stderr));
 
     // The preset's temperature and teacher jitter, the user's sizes.
-    let config = config(&out);
+    let config = common::config_json(&out);
     assert_eq!(config["preset"], "hinton-mnist");
     assert_eq!(config["distill"]["temperature"], 20.0);
     assert_eq!(config["teacher"]["jitter"], 2);
@@ -114,7 +110,7 @@ fn the_omitted_class_preset_leaves_out_the_class_and_shifts_its_output_bias() {
     // The students trained on the first 2,500 images less their 3s.
     let mnist = load_mnist(&common::mnist_dir(), Device::Cpu, Some(3000)).unwrap();
     let kept = mnist.train.labels.narrow(0, 0, 2500).ne(3).sum(Kind::Int64).int64_value(&[]);
-    let config = config(&out);
+    let config = common::config_json(&out);
     assert_eq!(config["student_train_samples"], kept);
     assert_eq!(config["omit_class"], 3);
     assert!(config["teacher"].is_null(), "the teacher was given, not trained: {config}");
