@@ -38,11 +38,20 @@ def percent(value):
     return 100.0 * float(value)
 
 
+def short_model(model):
+    """A model's name for a legend: a teacher file is named without its folders."""
+    kind, _, path = model.partition(":")
+    return f"{kind}:{os.path.basename(path)}" if "/" in path else model
+
+
 def sweep_accuracy(folder):
     rows = read(folder, "sweep.csv")
     by_alpha = defaultdict(lambda: defaultdict(list))
     baseline = []
+    diverged = [row for row in rows if row.get("diverged")]
     for row in rows:
+        if row.get("diverged"):
+            continue
         if row["phase"] == "baseline":
             baseline.append(percent(row["final_test_acc"]))
         else:
@@ -56,7 +65,7 @@ def sweep_accuracy(folder):
         ax.errorbar(temperatures, means, yerr=stds, marker="o", capsize=3, label=f"student, alpha = {alpha:g}")
     for row in read(folder, "summary.csv"):
         if row["phase"] == "teacher":
-            ax.axhline(percent(row["test_acc"]), color="black", linestyle="--", label=f"teacher ({row['model']})")
+            ax.axhline(percent(row["test_acc"]), color="black", linestyle="--", label=f"teacher ({short_model(row['model'])})")
     if baseline:
         ax.axhline(statistics.mean(baseline), color="gray", linestyle=":", label="baseline (labels only)")
     all_temperatures = sorted({t for curves in by_alpha.values() for t in curves})
@@ -68,7 +77,8 @@ def sweep_accuracy(folder):
     ax.set_xlabel("temperature T")
     ax.set_ylabel("final test accuracy (%)")
     seeds = len({row["seed"] for row in rows})
-    ax.set_title(f"Distillation sweep: test accuracy against temperature ({seeds} seed{'s' if seeds != 1 else ''})")
+    left_out = f"\n{len(diverged)} diverged point{'s' if len(diverged) != 1 else ''} left out" if diverged else ""
+    ax.set_title(f"Distillation sweep: test accuracy against temperature ({seeds} seed{'s' if seeds != 1 else ''}){left_out}")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1))
     return save(fig, folder, "sweep_accuracy.png")

@@ -486,8 +486,10 @@ fn new_model(spec: &ModelSpec, common: &CommonArgs, phase: Phase) -> Model {
 }
 
 fn save_student(student: &mut Model, dir: &RunDir) -> Result<()> {
-    checkpoint::save(student, &dir.file("student.safetensors"))?;
-    let source = dir.file("student.safetensors").display().to_string();
+    let checkpoint = dir.file("student.safetensors");
+    checkpoint::save(student, &checkpoint)?;
+    // Absolute, so the card names the same file in a fresh run and after --resume.
+    let source = std::path::absolute(&checkpoint).unwrap_or(checkpoint).display().to_string();
     export_torchscript(student, &dir.file("student.pt"), &source)
 }
 

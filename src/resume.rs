@@ -94,13 +94,45 @@ pub fn parse() -> Result<Cli> {
 /// with the preset's options put before the given ones (see [`crate::preset`]), so that the
 /// preset's options count towards what clap requires.
 fn matches_from(args: Vec<OsString>) -> Result<ArgMatches, clap::Error> {
+    let args = attach_negative_lists(args);
     let Some(name) = crate::preset::named_in(&args) else {
         return Cli::command().try_get_matches_from(args);
     };
+    // A raw error: the message names the known presets, and clap's usage would bury it.
     let expanded = crate::preset::expand(args, Some(&name)).map_err(|error| {
-        Cli::command().error(clap::error::ErrorKind::InvalidValue, format!("{error:#}"))
+        clap::Error::raw(clap::error::ErrorKind::InvalidValue, format!("{error:#}\n"))
     })?;
     Cli::command().try_get_matches_from(expanded)
+}
+
+/// The comma-separated number lists of `kd sweep`, which clap would read as short flags when
+/// they start with a minus sign (`--alpha -0.5,1`).
+const LIST_OPTIONS: [&str; 3] = ["--temperature", "--alpha", "--seeds"];
+
+/// Joins a list option and a following value that starts with a minus and a digit or point
+/// (`--alpha -0.5,1` becomes `--alpha=-0.5,1`), so that the value reaches its parser: negative
+/// seeds are valid, and negative temperatures get the parser's message.
+fn attach_negative_lists(args: Vec<OsString>) -> Vec<OsString> {
+    let negative = |arg: &OsString| {
+        let text = arg.to_string_lossy();
+        let mut chars = text.chars();
+        chars.next() == Some('-') && chars.next().is_some_and(|c| c.is_ascii_digit() || c == '.')
+    };
+    let mut joined = Vec::with_capacity(args.len());
+    let mut args = args.into_iter().peekable();
+    while let Some(arg) = args.next() {
+        let is_list = LIST_OPTIONS.iter().any(|option| arg == *option);
+        match args.peek() {
+            Some(value) if is_list && negative(value) => {
+                let mut pair = arg;
+                pair.push("=");
+                pair.push(args.next().expect("peeked"));
+                joined.push(pair);
+            }
+            _ => joined.push(arg),
+        }
+    }
+    joined
 }
 
 fn read_saved(dir: &Path) -> Result<SavedCommand> {

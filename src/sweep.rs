@@ -21,8 +21,8 @@ use crate::models::{Model, ModelSpec};
 use crate::report::{status, teacher_rows, write_atomically};
 use crate::teacher::{Ensemble, Teacher};
 use crate::train::{
-    DistillConfig, EpochRecord, Member, Objective, Phase, PhaseConfig, TeacherTargets,
-    seeded_model, train_group,
+    DistillConfig, Divergence, EpochRecord, Member, Objective, Phase, PhaseConfig, TeacherTargets,
+    seeded_model, train_group_keep_going,
 };
 
 /// Everything that defines a sweep; saved as `config.json` and compared on resume and merge.
@@ -79,7 +79,9 @@ impl Point {
     }
 }
 
-/// One row of `sweep.csv`: a point's final figures.
+/// One row of `sweep.csv`: a point's final figures. A point whose training loss stopped being
+/// finite has `diverged` set (where it happened), NaN as its final accuracy, no test errors
+/// and no agreement, and counts its finished epochs only.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct SweepRow {
     pub phase: Phase,
@@ -88,10 +90,11 @@ pub struct SweepRow {
     pub seed: i64,
     pub final_test_acc: f64,
     pub best_test_acc: f64,
-    pub test_errors: i64,
+    pub test_errors: Option<i64>,
     pub agreement: Option<f64>,
     pub epochs: i64,
     pub seconds: f64,
+    pub diverged: Option<String>,
 }
 
 /// One row of a sweep's `metrics.csv`: an epoch of a point.
@@ -111,13 +114,15 @@ pub struct PointEpoch {
     pub seconds: f64,
 }
 
-/// One row of `sweep_summary.csv`: a (temperature, alpha) pair over its seeds.
+/// One row of `sweep_summary.csv`: a (temperature, alpha) pair over its seeds that did not
+/// diverge (`seeds`); `diverged` counts the others.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct SeedSummary {
     pub phase: Phase,
     pub temperature: Option<f64>,
     pub alpha: f64,
     pub seeds: usize,
+    pub diverged: usize,
     pub mean_test_acc: f64,
     pub std_test_acc: f64,
     pub mean_test_errors: f64,
@@ -239,15 +244,9 @@ fn prepare_folder(config: &SweepConfig, dir: &Path) -> Result<HashSet<String>> {
     write_atomically(&dir.join("config.json"), serde_json::to_string_pretty(config)?.as_bytes())?;
 
     // A kill can cut the last line of a CSV; such a line belongs to an unfinished point. A point
-    // counts as finished only with its row and its checkpoint.
+    // counts as finished only with its row and its checkpoint (a diverged point has none).
     let rows: Vec<SweepRow> = read_intact_rows(&dir.join("sweep.csv"))?;
-    let rows: Vec<SweepRow> = rows
-        .into_iter()
-        .filter(|r| {
-            let key = row_point(r.temperature, r.alpha, r.seed).key();
-            dir.join("points").join(format!("{key}.safetensors")).is_file()
-        })
-        .collect();
+    let rows: Vec<SweepRow> = rows.into_iter().filter(|r| has_checkpoint(dir, r)).collect();
     write_rows(&dir.join("sweep.csv"), &rows)?;
     let finished: HashSet<String> =
         rows.iter().map(|r| row_point(r.temperature, r.alpha, r.seed).key()).collect();
@@ -262,6 +261,17 @@ fn prepare_folder(config: &SweepConfig, dir: &Path) -> Result<HashSet<String>> {
 
 fn row_point(temperature: Option<f64>, alpha: f64, seed: i64) -> Point {
     Point { temperature, alpha, seed }
+}
+
+/// The checkpoint file of a row's point in the sweep folder `dir`.
+fn checkpoint_path(dir: &Path, row: &SweepRow) -> PathBuf {
+    let key = row_point(row.temperature, row.alpha, row.seed).key();
+    dir.join("points").join(format!("{key}.safetensors"))
+}
+
+/// Whether a row's point is complete in `dir`: diverged, or with its checkpoint.
+fn has_checkpoint(dir: &Path, row: &SweepRow) -> bool {
+    row.diverged.is_some() || checkpoint_path(dir, row).is_file()
 }
 
 /// Trains one group of points (same seed) together and appends their rows.
@@ -300,16 +310,27 @@ fn train_points(
     status(&format!("sweep: training {} together (seed {seed})", names.join(", ")));
 
     let mut metrics = append_writer(&dir.join("metrics.csv"))?;
-    let records = train_group(&mut members, Some(teacher), data, &phase, &mut |end| {
+    let outcome = train_group_keep_going(&mut members, Some(teacher), data, &phase, &mut |end| {
         metrics.serialize(point_epoch(&points[end.member], end.record))?;
         metrics.flush().context("cannot write metrics.csv")?;
         Ok(())
     })?;
 
     let mut sweep = append_writer(&dir.join("sweep.csv"))?;
-    for ((point, model), records) in points.iter().zip(&models).zip(&records) {
-        checkpoint::save(model, &dir.join("points").join(format!("{}.safetensors", point.key())))?;
-        sweep.serialize(sweep_row(point, records))?;
+    let results = outcome.records.iter().zip(&outcome.diverged);
+    for ((point, model), (records, diverged)) in points.iter().zip(&models).zip(results) {
+        match diverged {
+            None => checkpoint::save(
+                model,
+                &dir.join("points").join(format!("{}.safetensors", point.key())),
+            )?,
+            Some(divergence) => log::warn!(
+                "point {} diverged ({divergence}); sweep.csv records it without results, and \
+                 the other points are not affected",
+                point.key()
+            ),
+        }
+        sweep.serialize(sweep_row(point, records, diverged.as_ref()))?;
     }
     sweep.flush().context("cannot write sweep.csv")?;
     Ok(())
@@ -332,19 +353,22 @@ fn point_epoch(point: &Point, r: &EpochRecord) -> PointEpoch {
     }
 }
 
-fn sweep_row(point: &Point, records: &[EpochRecord]) -> SweepRow {
-    let last = records.last().expect("a phase runs at least one epoch");
+/// A point's row: the figures of its last epoch, or, if it diverged, where that happened.
+fn sweep_row(point: &Point, records: &[EpochRecord], diverged: Option<&Divergence>) -> SweepRow {
+    let last = records.last().filter(|_| diverged.is_none());
     SweepRow {
         phase: point.phase(),
         temperature: point.temperature,
         alpha: point.alpha,
         seed: point.seed,
-        final_test_acc: last.test_acc,
-        best_test_acc: records.iter().map(|r| r.test_acc).fold(0.0, f64::max),
-        test_errors: last.test_errors,
-        agreement: last.agreement,
+        final_test_acc: last.map_or(f64::NAN, |r| r.test_acc),
+        // f64::max skips NaN: a point that diverged in its first epoch keeps NaN.
+        best_test_acc: records.iter().map(|r| r.test_acc).fold(f64::NAN, f64::max),
+        test_errors: last.map(|r| r.test_errors),
+        agreement: last.and_then(|r| r.agreement),
         epochs: records.len() as i64,
         seconds: records.iter().map(|r| r.seconds).sum(),
+        diverged: diverged.map(|d| format!("epoch {}, step {}", d.epoch, d.step)),
     }
 }
 
@@ -394,14 +418,18 @@ pub fn summarize(rows: &[SweepRow]) -> Vec<SeedSummary> {
     groups
         .into_iter()
         .map(|(phase, temperature, alpha, rows)| {
-            let acc: Vec<f64> = rows.iter().map(|r| r.final_test_acc).collect();
-            let errors: Vec<f64> = rows.iter().map(|r| r.test_errors as f64).collect();
-            let agreement: Option<Vec<f64>> = rows.iter().map(|r| r.agreement).collect();
+            let (kept, diverged): (Vec<&SweepRow>, Vec<&SweepRow>) =
+                rows.into_iter().partition(|r| r.diverged.is_none());
+            let acc: Vec<f64> = kept.iter().map(|r| r.final_test_acc).collect();
+            let errors: Vec<f64> =
+                kept.iter().flat_map(|r| r.test_errors).map(|e| e as f64).collect();
+            let agreement: Option<Vec<f64>> = kept.iter().map(|r| r.agreement).collect();
             SeedSummary {
                 phase,
                 temperature,
                 alpha,
-                seeds: rows.len(),
+                seeds: kept.len(),
+                diverged: diverged.len(),
                 mean_test_acc: mean(&acc),
                 std_test_acc: std(&acc),
                 mean_test_errors: mean(&errors),
@@ -416,10 +444,10 @@ fn mean(values: &[f64]) -> f64 {
     values.iter().sum::<f64>() / values.len() as f64
 }
 
-/// Sample standard deviation (n - 1); 0 for a single value.
+/// Sample standard deviation (n - 1); 0 for a single value, NaN for none.
 fn std(values: &[f64]) -> f64 {
     if values.len() < 2 {
-        return 0.0;
+        return if values.is_empty() { f64::NAN } else { 0.0 };
     }
     let m = mean(values);
     (values.iter().map(|v| (v - m).powi(2)).sum::<f64>() / (values.len() - 1) as f64).sqrt()
@@ -442,6 +470,10 @@ fn summary_table(rows: &[SeedSummary]) -> String {
             100.0 * r.std_test_acc,
             r.mean_test_errors
         );
+        if r.diverged > 0 {
+            out.pop();
+            out += &format!("  ({} diverged)\n", r.diverged);
+        }
     }
     out
 }
@@ -483,8 +515,8 @@ pub fn merge(parts: &[PathBuf], out: &Path, force: bool) -> Result<SweepConfig> 
             "point {key} appears twice (again in {})",
             part.display()
         );
-        let checkpoint = part.join("points").join(format!("{key}.safetensors"));
-        ensure!(checkpoint.is_file(), "{} is missing", checkpoint.display());
+        let checkpoint = checkpoint_path(part, row);
+        ensure!(has_checkpoint(part, row), "{} is missing", checkpoint.display());
     }
     let missing: Vec<String> =
         merged.grid().iter().map(Point::key).filter(|k| !seen.contains(k)).collect();
@@ -493,7 +525,7 @@ pub fn merge(parts: &[PathBuf], out: &Path, force: bool) -> Result<SweepConfig> 
     clear(out)?;
     fs::create_dir_all(out.join("points"))
         .with_context(|| format!("cannot create {}", out.display()))?;
-    for (row, part) in &rows {
+    for (row, part) in rows.iter().filter(|(row, _)| row.diverged.is_none()) {
         let name = format!("{}.safetensors", row_point(row.temperature, row.alpha, row.seed).key());
         fs::copy(part.join("points").join(&name), out.join("points").join(&name))
             .with_context(|| format!("cannot copy {name} from {}", part.display()))?;

@@ -286,6 +286,64 @@ pub fn train_group(
     config: &PhaseConfig,
     on_epoch: &mut OnEpoch,
 ) -> Result<Vec<Vec<EpochRecord>>> {
+    let outcome = train_members(members, teacher, data, config, on_epoch, false)?;
+    Ok(outcome.records)
+}
+
+/// Like [`train_group`], but a member whose training loss stops being finite leaves the group
+/// at the end of that epoch (which `on_epoch` does not see) and the others train on; each
+/// member's [`Divergence`], if any, comes back with the records. Removing a member changes
+/// nothing for the others: they see the same batches and draws.
+pub fn train_group_keep_going(
+    members: &mut [Member],
+    teacher: Option<&TeacherTargets>,
+    data: &Mnist,
+    config: &PhaseConfig,
+    on_epoch: &mut OnEpoch,
+) -> Result<GroupOutcome> {
+    train_members(members, teacher, data, config, on_epoch, true)
+}
+
+/// What a group's training gives: per member, its records and whether it diverged.
+pub struct GroupOutcome {
+    pub records: Vec<Vec<EpochRecord>>,
+    pub diverged: Vec<Option<Divergence>>,
+}
+
+/// Where a member's training loss first stopped being finite.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Divergence {
+    pub phase: Phase,
+    pub epoch: i64,
+    /// The step within the epoch, from 1.
+    pub step: i64,
+    pub steps_per_epoch: i64,
+    /// The epoch's training loss (NaN or infinite).
+    pub loss: f64,
+}
+
+impl std::fmt::Display for Divergence {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(
+            f,
+            "{} phase, epoch {}, step {} of {}: the training loss became {}",
+            self.phase.name(),
+            self.epoch,
+            self.step,
+            self.steps_per_epoch,
+            self.loss
+        )
+    }
+}
+
+fn train_members(
+    members: &mut [Member],
+    teacher: Option<&TeacherTargets>,
+    data: &Mnist,
+    config: &PhaseConfig,
+    on_epoch: &mut OnEpoch,
+    keep_going: bool,
+) -> Result<GroupOutcome> {
     ensure!(!data.train.is_empty(), "the training set is empty");
     let distills = members.iter().any(|m| matches!(m.objective, Objective::Distill(_)));
     ensure!(teacher.is_some() || !distills, "distillation needs a teacher");
@@ -308,24 +366,46 @@ pub fn train_group(
     }
     let steps_per_epoch = (data.train.len() + config.batch_size - 1) / config.batch_size;
 
+    // members[..live] still train; `slot[i]` is the group position of members[i].
+    let mut diverged = vec![None; members.len()];
+    let mut live = members.len();
+    let mut slot: Vec<usize> = (0..members.len()).collect();
     for epoch in done + 1..=config.epochs {
+        if live == 0 {
+            break;
+        }
         tch::manual_seed(epoch_seed(config.seed, epoch));
         let first_step = (epoch - 1) * steps_per_epoch;
-        let results = train_epoch(members, &mut optimizers, teacher, data, config, first_step);
-        if results.len() < members.len() {
+        let results = train_epoch(
+            &mut members[..live],
+            &mut optimizers[..live],
+            teacher,
+            data,
+            config,
+            first_step,
+        );
+        if results.len() < live {
             let phase = members[0].phase.name();
             return Err(Interrupted { phase, epoch }.into());
         }
-        for (k, (member, result)) in members.iter().zip(results).enumerate() {
+
+        let mut left = vec![];
+        for (i, result) in results.into_iter().enumerate() {
+            let (k, member) = (slot[i], &members[i]);
             let train_loss = result.loss_sum.double_value(&[]) / data.train.len() as f64;
             if let Some(step) = result.first_bad_step.filter(|_| !train_loss.is_finite()) {
-                bail!(
-                    "{} phase, epoch {epoch}, step {} of {steps_per_epoch}: the training loss \
-                     became {train_loss}; try a lower --lr (or a temperature nearer 1), and if \
-                     it happens at any --lr, check that the teacher's outputs are finite",
-                    member.phase.name(),
-                    step + 1
-                );
+                let phase = member.phase;
+                let divergence =
+                    Divergence { phase, epoch, step: step + 1, steps_per_epoch, loss: train_loss };
+                if !keep_going {
+                    bail!(
+                        "{divergence}; try a lower --lr (or a temperature nearer 1), and if it \
+                         happens at any --lr, check that the teacher's outputs are finite"
+                    );
+                }
+                diverged[k] = Some(divergence);
+                left.push(i);
+                continue;
             }
             let last_step = first_step + steps_per_epoch - 1;
             let eval = result.eval;
@@ -346,11 +426,19 @@ pub fn train_group(
                 record: records[k].last().expect("just pushed"),
                 records: &records[k],
                 model: member.model,
-                optimizer: &optimizers[k],
+                optimizer: &optimizers[i],
             })?;
         }
+
+        // Diverged members move behind the live ones, the highest position first.
+        for i in left.into_iter().rev() {
+            live -= 1;
+            members.swap(i, live);
+            optimizers.swap(i, live);
+            slot.swap(i, live);
+        }
     }
-    Ok(records)
+    Ok(GroupOutcome { records, diverged })
 }
 
 /// What an epoch gives for one member.

@@ -117,6 +117,8 @@ fn the_main_job_writes_its_results_and_a_torchscript_student_equal_to_the_rust_o
     let card: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("student.json")).unwrap()).unwrap();
     assert_eq!(card["input_shape"], serde_json::json!([-1, 784]));
+    let source = std::path::absolute(out.join("student.safetensors")).unwrap();
+    assert_eq!(card["source"], source.to_str().unwrap());
 
     // A finished run folder is not overwritten without --force.
     let again = small_run(&out, &[]);
@@ -321,12 +323,22 @@ fn bad_options_get_clear_errors_and_non_zero_exits() {
         (&["run", "--device", "cuda:7"], "CUDA device 7 is not available"),
         (&["run", "--batch-size", "0"], "--batch-size"),
         (&["run", "--train-limit", "-3"], "--train-limit"),
+        // Negative lists reach their parsers (clap alone reads them as short flags).
+        (&["sweep", "--teacher", "t", "--temperature", "-1,2"], "must be greater than 0"),
+        (&["sweep", "--teacher", "t", "--alpha", "-0.5,1"], "must be between 0 and 1"),
+        (&["sweep", "--teacher", "t", "--temperature"], "a value is required for '--temperature"),
     ];
     for (args, message) in cases {
         let (code, stderr) = failure(args);
         assert_eq!(code, Some(2), "{args:?}: {stderr}");
         assert!(stderr.contains(message), "{args:?}: {stderr}");
     }
+
+    // An unknown preset's message lists the known ones, without clap's usage after it.
+    let (code, stderr) = failure(&["run", "--preset", "nope"]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("no preset named 'nope' (known: hinton-mnist,"), "{stderr}");
+    assert!(!stderr.contains("Usage:"), "{stderr}");
 }
 
 #[test]

@@ -1,7 +1,8 @@
 //! Long runs that survive: a `kd run` killed with SIGKILL, then stopped with Ctrl-C, and resumed
-//! each time ends exactly as a run never killed; a resumed run refuses an option that differs; a locked folder is refused; a teacher
-//! that turns to NaN stops the phase with an error naming it, and the last whole epoch stays.
-//! All with the real binary on real MNIST.
+//! each time ends exactly as a run never killed; a resumed run refuses an option that differs;
+//! a locked folder is refused; a teacher that turns to NaN stops the phase with an error naming
+//! it, and the last whole epoch stays; in a sweep, the points it spoils are recorded as diverged
+//! and the others finish. All with the real binary on real MNIST.
 
 mod common;
 
@@ -11,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use common::{kd, mnist_dir, read_csv, text, torch_teachers, weights};
 use kd::report::SummaryRow;
+use kd::sweep::{SeedSummary, SweepRow};
 use kd::train::EpochRecord;
 
 /// A small `kd run` with dropout and jitter in the teacher (so every epoch draws random
@@ -235,4 +237,67 @@ fn a_teacher_that_turns_to_nan_stops_the_phase_and_keeps_the_last_epoch() {
     assert_eq!(rows.len(), saved.len());
     assert!(rows.iter().all(|r| r.train_loss.is_finite() && r.test_loss.is_finite()));
     assert!(!out.join("summary.csv").exists());
+}
+
+/// A sweep at T = 2 and 4 (alpha 0.9, seed 0, with the baseline) from `teacher`, on 1,280
+/// jittered images, so the teacher runs on every batch.
+fn nan_sweep(teacher: &str, out: &Path) -> std::process::Output {
+    let teacher = torch_teachers().join(teacher);
+    let data = mnist_dir();
+    let paths = [teacher.as_path(), &data, out].map(|p| p.to_str().unwrap().to_string());
+    let mut args = vec!["sweep", "--teacher", &paths[0], "--data", &paths[1], "--out", &paths[2]];
+    args.extend(
+        "--temperature 2,4 --alpha 0.9 --seeds 0 --epochs 3 --student-model mlp:32".split(' '),
+    );
+    args.extend("--device cpu --train-limit 1280 --jitter 1 --quiet --no-plot".split(' '));
+    kd(&args)
+}
+
+#[test]
+fn a_sweep_point_that_turns_to_nan_is_recorded_and_the_others_finish() {
+    let dir = tempfile::tempdir().unwrap();
+    let spoiled = dir.path().join("spoiled");
+    let output = nan_sweep("nan_after_30_calls.pt", &spoiled);
+    let stderr = text(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    for key in ["T2-a0.9-s0", "T4-a0.9-s0"] {
+        let warning = format!("point {key} diverged (student phase, epoch ");
+        assert!(stderr.contains(&warning), "{stderr}");
+        assert!(!spoiled.join(format!("points/{key}.safetensors")).exists());
+    }
+
+    // Both distilled points read the teacher's NaN logits; the baseline never does.
+    let rows: Vec<SweepRow> = read_csv(&spoiled.join("sweep.csv"));
+    assert_eq!(rows.len(), 3);
+    for row in &rows[1..] {
+        assert!(row.diverged.as_deref().is_some_and(|d| d.starts_with("epoch ")), "{row:?}");
+        assert!(row.final_test_acc.is_nan() && row.test_errors.is_none(), "{row:?}");
+        assert!(row.epochs < 3, "{row:?}");
+    }
+    let summary: Vec<SeedSummary> = read_csv(&spoiled.join("sweep_summary.csv"));
+    assert_eq!(
+        summary.iter().map(|s| (s.seeds, s.diverged)).collect::<Vec<_>>(),
+        [(1, 0), (0, 1), (0, 1)]
+    );
+
+    // The baseline finished as in a sweep whose teacher stays healthy: the same figures but
+    // for the agreement (another teacher) and the wall time.
+    let healthy = dir.path().join("healthy");
+    let output = nan_sweep("mlp.pt", &healthy);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let unaffected = |row: &SweepRow| SweepRow { agreement: None, seconds: 0.0, ..row.clone() };
+    let expected: Vec<SweepRow> = read_csv(&healthy.join("sweep.csv"));
+    assert!(rows[0].diverged.is_none() && rows[0].test_errors.is_some(), "{:?}", rows[0]);
+    assert_eq!(unaffected(&rows[0]), unaffected(&expected[0]));
+    assert_eq!(
+        weights(&spoiled.join("points/baseline-s0.safetensors")),
+        weights(&healthy.join("points/baseline-s0.safetensors"))
+    );
+
+    // A diverged point counts as finished: the same command again trains nothing.
+    let before = std::fs::read(spoiled.join("sweep.csv")).unwrap();
+    let output = nan_sweep("nan_after_30_calls.pt", &spoiled);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    assert!(!text(&output.stderr).contains("diverged ("), "{}", text(&output.stderr));
+    assert_eq!(std::fs::read(spoiled.join("sweep.csv")).unwrap(), before);
 }

@@ -122,11 +122,11 @@ fn sweep_points_equal_lone_distill_runs_and_resume_after_a_kill() {
     let baseline = rows.iter().find(|r| r.temperature.is_none() && r.seed == 1).unwrap();
     assert_eq!(
         (point.test_errors, point.agreement),
-        (lone_rows[2].test_errors, lone_rows[2].agreement)
+        (Some(lone_rows[2].test_errors), lone_rows[2].agreement)
     );
     assert_eq!(
         (baseline.test_errors, baseline.agreement),
-        (lone_rows[1].test_errors, lone_rows[1].agreement)
+        (Some(lone_rows[1].test_errors), lone_rows[1].agreement)
     );
     // Bitwise the same weights, although the sweep trained its points on parallel
     // single-threaded lanes and the lone run used every thread for one model.
