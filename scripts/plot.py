@@ -86,7 +86,7 @@ def sweep_accuracy(folder):
 
 def sweep_curves(folder):
     """Test accuracy per epoch of each point, averaged over seeds: a colour per temperature, a
-    line style per alpha, the baseline in black."""
+    line style and marker per alpha, the baseline in black."""
     curves = defaultdict(lambda: defaultdict(list))
     for row in read(folder, "metrics.csv"):
         key = None if row["phase"] == "baseline" else (float(row["temperature"]), float(row["alpha"]))
@@ -95,6 +95,7 @@ def sweep_curves(folder):
     alphas = sorted({k[1] for k in curves if k})
     colours = plt.get_cmap("viridis")
     styles = ["-", "--", "-.", ":"]
+    markers = ["o", "s", "^", "D"]
     fig, ax = plt.subplots(figsize=(9, 4.5))
     for key in sorted(curves, key=lambda k: (k is not None, k or ())):
         epochs = sorted(curves[key])
@@ -103,11 +104,17 @@ def sweep_curves(folder):
             ax.plot(epochs, means, color="black", marker=".", label="baseline")
             continue
         t, a = key
-        colour = colours(temperatures.index(t) / max(1, len(temperatures) - 1))
+        # viridis stops short of its pale yellow end, which is hard to see on white.
+        colour = colours(0.85 * temperatures.index(t) / max(1, len(temperatures) - 1))
         style = styles[alphas.index(a) % len(styles)]
-        ax.plot(epochs, means, style, color=colour, marker=".", label=f"T = {t:g}, alpha = {a:g}")
+        marker = markers[alphas.index(a) % len(markers)]
+        ax.plot(epochs, means, style, color=colour, marker=marker, label=f"T = {t:g}, alpha = {a:g}")
     ax.set_xlabel("epoch")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    all_epochs = sorted({e for curve in curves.values() for e in curve})
+    if len(all_epochs) == 1:
+        ax.set_xticks(all_epochs)
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("test accuracy (%), mean over seeds")
     ax.set_title("Learning curves of the sweep's points")
     ax.grid(True, alpha=0.3)

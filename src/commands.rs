@@ -379,6 +379,8 @@ pub fn sweep_command(args: &SweepArgs) -> Result<()> {
     if common.force {
         sweep::clear(&out)?;
     }
+    // Checked before command.json is written: a refused sweep must not change the folder.
+    sweep::check_folder(&config, &out)?;
     if common.resume.is_none() {
         save_command(&out, "sweep")?;
     }

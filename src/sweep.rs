@@ -226,9 +226,9 @@ fn groups(points: &[Point], size: usize) -> Vec<Vec<Point>> {
         .collect()
 }
 
-/// Creates or checks the folder; returns the keys of the points already finished, and keeps
-/// only their rows in `metrics.csv`.
-fn prepare_folder(config: &SweepConfig, dir: &Path) -> Result<HashSet<String>> {
+/// Refuses a folder that holds another sweep, or a run that is not a sweep; writes nothing, so
+/// a refused sweep leaves the folder as it was.
+pub fn check_folder(config: &SweepConfig, dir: &Path) -> Result<()> {
     if dir.join("config.json").exists() {
         let differences = differing_settings(&read_config(dir)?, config)?;
         ensure!(
@@ -239,6 +239,13 @@ fn prepare_folder(config: &SweepConfig, dir: &Path) -> Result<HashSet<String>> {
             differences.join(", ")
         );
     }
+    Ok(())
+}
+
+/// Creates or checks the folder; returns the keys of the points already finished, and keeps
+/// only their rows in `metrics.csv`.
+fn prepare_folder(config: &SweepConfig, dir: &Path) -> Result<HashSet<String>> {
+    check_folder(config, dir)?;
     fs::create_dir_all(dir.join("points"))
         .with_context(|| format!("cannot create sweep folder {}", dir.display()))?;
     write_atomically(&dir.join("config.json"), serde_json::to_string_pretty(config)?.as_bytes())?;
@@ -572,14 +579,26 @@ fn read_config(dir: &Path) -> Result<SweepConfig> {
     })
 }
 
-/// The names of the settings in which two sweep configurations differ.
+/// The names of the settings in which two sweep configurations differ; a setting that is a
+/// group (like `student`) is named with the member that differs (`student.lr`).
 fn differing_settings(a: &SweepConfig, b: &SweepConfig) -> Result<Vec<String>> {
-    let (a, b) = (serde_json::to_value(a)?, serde_json::to_value(b)?);
-    let (Some(a), Some(b)) = (a.as_object(), b.as_object()) else { return Ok(vec![]) };
-    Ok(a.iter()
-        .filter(|(key, value)| b.get(*key) != Some(value))
-        .map(|(key, _)| key.clone())
-        .collect())
+    Ok(differing_keys(&serde_json::to_value(a)?, &serde_json::to_value(b)?, ""))
+}
+
+fn differing_keys(a: &serde_json::Value, b: &serde_json::Value, prefix: &str) -> Vec<String> {
+    let (Some(a), Some(b)) = (a.as_object(), b.as_object()) else { return vec![] };
+    let mut keys = vec![];
+    for (key, value) in a {
+        let name = format!("{prefix}{key}");
+        match b.get(key) {
+            Some(other) if other == value => {}
+            Some(other) if value.is_object() && other.is_object() => {
+                keys.extend(differing_keys(value, other, &format!("{name}.")));
+            }
+            _ => keys.push(name),
+        }
+    }
+    keys
 }
 
 fn read_rows<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Vec<T>> {

@@ -166,10 +166,24 @@ fn sweep_points_equal_lone_distill_runs_and_resume_after_a_kill() {
     assert!(output.status.success(), "{}", text(&output.stderr));
     assert_eq!(results(&resumed), results(&whole));
 
-    // Different options on an existing sweep folder are refused.
+    // Different options on an existing sweep folder are refused, naming the option, and leave
+    // the folder as it was: the saved command still resumes.
+    let command = std::fs::read(resumed.join("command.json")).unwrap();
     let output = sweep(&teacher, &resumed, &["--lr", "0.01"]);
     assert_eq!(output.status.code(), Some(1));
-    assert!(text(&output.stderr).contains("holds a different sweep"), "{}", text(&output.stderr));
+    let stderr = text(&output.stderr);
+    assert!(
+        stderr.contains("holds a different sweep (its config.json differs in student.lr)"),
+        "{stderr}"
+    );
+    assert_eq!(std::fs::read(resumed.join("command.json")).unwrap(), command);
+
+    // So does a sweep aimed at the teacher's run folder.
+    let teacher_command = std::fs::read(teacher.with_file_name("command.json")).unwrap();
+    let output = sweep(&teacher, teacher.parent().unwrap(), &[]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(text(&output.stderr).contains("is not a kd sweep folder"), "{}", text(&output.stderr));
+    assert_eq!(std::fs::read(teacher.with_file_name("command.json")).unwrap(), teacher_command);
 }
 
 #[test]
