@@ -22,7 +22,7 @@ use crate::report::{status, teacher_rows, write_atomically};
 use crate::teacher::{Ensemble, Teacher};
 use crate::train::{
     DistillConfig, Divergence, EpochRecord, Member, Objective, Phase, PhaseConfig, TeacherTargets,
-    seeded_model, train_group_keep_going,
+    seeded_model, train_group,
 };
 
 /// Everything that defines a sweep; saved as `config.json` and compared on resume and merge.
@@ -95,6 +95,18 @@ pub struct SweepRow {
     pub epochs: i64,
     pub seconds: f64,
     pub diverged: Option<String>,
+}
+
+impl SweepRow {
+    fn point(&self) -> Point {
+        Point { temperature: self.temperature, alpha: self.alpha, seed: self.seed }
+    }
+
+    /// Whether the row's point is complete in the sweep folder `dir`: diverged, or with its
+    /// checkpoint.
+    fn is_complete(&self, dir: &Path) -> bool {
+        self.diverged.is_some() || checkpoint_path(dir, &self.point()).is_file()
+    }
 }
 
 /// One row of a sweep's `metrics.csv`: an epoch of a point.
@@ -253,10 +265,9 @@ fn prepare_folder(config: &SweepConfig, dir: &Path) -> Result<HashSet<String>> {
     // A kill can cut the last line of a CSV; such a line belongs to an unfinished point. A point
     // counts as finished only with its row and its checkpoint (a diverged point has none).
     let rows: Vec<SweepRow> = read_intact_rows(&dir.join("sweep.csv"))?;
-    let rows: Vec<SweepRow> = rows.into_iter().filter(|r| has_checkpoint(dir, r)).collect();
+    let rows: Vec<SweepRow> = rows.into_iter().filter(|r| r.is_complete(dir)).collect();
     write_rows(&dir.join("sweep.csv"), &rows)?;
-    let finished: HashSet<String> =
-        rows.iter().map(|r| row_point(r.temperature, r.alpha, r.seed).key()).collect();
+    let finished: HashSet<String> = rows.iter().map(|r| r.point().key()).collect();
     let epochs: Vec<PointEpoch> = read_intact_rows(&dir.join("metrics.csv"))?;
     let kept: Vec<PointEpoch> = epochs
         .into_iter()
@@ -270,15 +281,9 @@ fn row_point(temperature: Option<f64>, alpha: f64, seed: i64) -> Point {
     Point { temperature, alpha, seed }
 }
 
-/// The checkpoint file of a row's point in the sweep folder `dir`.
-fn checkpoint_path(dir: &Path, row: &SweepRow) -> PathBuf {
-    let key = row_point(row.temperature, row.alpha, row.seed).key();
-    dir.join("points").join(format!("{key}.safetensors"))
-}
-
-/// Whether a row's point is complete in `dir`: diverged, or with its checkpoint.
-fn has_checkpoint(dir: &Path, row: &SweepRow) -> bool {
-    row.diverged.is_some() || checkpoint_path(dir, row).is_file()
+/// The checkpoint file of a point in the sweep folder `dir`.
+fn checkpoint_path(dir: &Path, point: &Point) -> PathBuf {
+    dir.join("points").join(format!("{}.safetensors", point.key()))
 }
 
 /// Trains one group of points (same seed) together and appends their rows.
@@ -317,7 +322,7 @@ fn train_points(
     status(&format!("sweep: training {} together (seed {seed})", names.join(", ")));
 
     let mut metrics = append_writer(&dir.join("metrics.csv"))?;
-    let outcome = train_group_keep_going(&mut members, Some(teacher), data, &phase, &mut |end| {
+    let outcome = train_group(&mut members, Some(teacher), data, &phase, &mut |end| {
         metrics.serialize(point_epoch(&points[end.member], end.record))?;
         metrics.flush().context("cannot write metrics.csv")?;
         Ok(())
@@ -327,10 +332,7 @@ fn train_points(
     let results = outcome.records.iter().zip(&outcome.diverged);
     for ((point, model), (records, diverged)) in points.iter().zip(&models).zip(results) {
         match diverged {
-            None => checkpoint::save(
-                model,
-                &dir.join("points").join(format!("{}.safetensors", point.key())),
-            )?,
+            None => checkpoint::save(model, &checkpoint_path(dir, point))?,
             Some(divergence) => log::warn!(
                 "point {} diverged ({divergence}); sweep.csv records it without results, and \
                  the other points are not affected",
@@ -467,8 +469,10 @@ fn summary_table(rows: &[SeedSummary]) -> String {
     );
     for r in rows {
         let temperature = r.temperature.map_or("-".to_string(), |t| t.to_string());
+        let diverged =
+            if r.diverged > 0 { format!("  ({} diverged)", r.diverged) } else { "".into() };
         out += &format!(
-            "{:<9} {:>11} {:>6} {:>6} {:>8.2}% {:>7.2}% {:>9.1}\n",
+            "{:<9} {:>11} {:>6} {:>6} {:>8.2}% {:>7.2}% {:>9.1}{diverged}\n",
             r.phase.name(),
             temperature,
             r.alpha,
@@ -477,10 +481,6 @@ fn summary_table(rows: &[SeedSummary]) -> String {
             100.0 * r.std_test_acc,
             r.mean_test_errors
         );
-        if r.diverged > 0 {
-            out.pop();
-            out += &format!("  ({} diverged)\n", r.diverged);
-        }
     }
     out
 }
@@ -516,14 +516,14 @@ pub fn merge(parts: &[PathBuf], out: &Path, force: bool) -> Result<SweepConfig> 
     }
     let mut seen = HashSet::new();
     for (row, part) in &rows {
-        let key = row_point(row.temperature, row.alpha, row.seed).key();
+        let key = row.point().key();
         ensure!(
             seen.insert(key.clone()),
             "point {key} appears twice (again in {})",
             part.display()
         );
-        let checkpoint = checkpoint_path(part, row);
-        ensure!(has_checkpoint(part, row), "{} is missing", checkpoint.display());
+        let checkpoint = checkpoint_path(part, &row.point());
+        ensure!(row.is_complete(part), "{} is missing", checkpoint.display());
     }
     let missing: Vec<String> =
         merged.grid().iter().map(Point::key).filter(|k| !seen.contains(k)).collect();
@@ -533,9 +533,8 @@ pub fn merge(parts: &[PathBuf], out: &Path, force: bool) -> Result<SweepConfig> 
     fs::create_dir_all(out.join("points"))
         .with_context(|| format!("cannot create {}", out.display()))?;
     for (row, part) in rows.iter().filter(|(row, _)| row.diverged.is_none()) {
-        let name = format!("{}.safetensors", row_point(row.temperature, row.alpha, row.seed).key());
-        fs::copy(part.join("points").join(&name), out.join("points").join(&name))
-            .with_context(|| format!("cannot copy {name} from {}", part.display()))?;
+        let (from, to) = (checkpoint_path(part, &row.point()), checkpoint_path(out, &row.point()));
+        fs::copy(&from, &to).with_context(|| format!("cannot copy {}", from.display()))?;
     }
     fs::copy(parts[0].join("summary.csv"), out.join("summary.csv"))
         .context("cannot copy the teacher's summary.csv")?;

@@ -250,6 +250,8 @@ pub fn distill(
     train_one(member, Some(&targets), data, config, on_epoch)
 }
 
+/// Trains one model as a group of one; a training loss that stops being finite is an error
+/// naming the phase, epoch and step.
 fn train_one(
     member: Member,
     teacher: Option<&TeacherTargets>,
@@ -257,8 +259,14 @@ fn train_one(
     config: &PhaseConfig,
     on_epoch: &mut OnEpoch,
 ) -> Result<Vec<EpochRecord>> {
-    let mut records = train_group(&mut [member], teacher, data, config, on_epoch)?;
-    Ok(records.remove(0))
+    let mut outcome = train_group(&mut [member], teacher, data, config, on_epoch)?;
+    if let Some(divergence) = outcome.diverged[0] {
+        bail!(
+            "{divergence}; try a lower --lr (or a temperature nearer 1), and if it happens at \
+             any --lr, check that the teacher's outputs are finite"
+        );
+    }
+    Ok(outcome.records.remove(0))
 }
 
 /// The seed of libtorch's generator at the start of `epoch` of a phase seeded with `seed`:
@@ -266,42 +274,6 @@ fn train_one(
 /// resumed at any epoch draws what an uninterrupted one draws.
 pub fn epoch_seed(seed: i64, epoch: i64) -> i64 {
     seed.wrapping_mul(1_000_003).wrapping_add(epoch)
-}
-
-/// Trains `members` together: every epoch reseeds libtorch's generator with
-/// [`epoch_seed`] and draws one batch order (and, with jitter, one shift per image) that all
-/// members share. A group of one gives the same numbers as training that model alone; with
-/// several members whose models use dropout, the dropout draws interleave and the numbers
-/// differ. Members with a `resume` state continue after its epochs (all members of a group
-/// must have done the same number).
-///
-/// With a `teacher`, each epoch reports every member's agreement with it. Returns the records
-/// of each member's phase, resumed epochs included. A training loss that is not finite stops
-/// with an error naming the phase, epoch and step, before `on_epoch` sees that epoch; Ctrl-C
-/// stops inside the epoch with [`Interrupted`], and `on_epoch` never sees that epoch either.
-pub fn train_group(
-    members: &mut [Member],
-    teacher: Option<&TeacherTargets>,
-    data: &Mnist,
-    config: &PhaseConfig,
-    on_epoch: &mut OnEpoch,
-) -> Result<Vec<Vec<EpochRecord>>> {
-    let outcome = train_members(members, teacher, data, config, on_epoch, false)?;
-    Ok(outcome.records)
-}
-
-/// Like [`train_group`], but a member whose training loss stops being finite leaves the group
-/// at the end of that epoch (which `on_epoch` does not see) and the others train on; each
-/// member's [`Divergence`], if any, comes back with the records. Removing a member changes
-/// nothing for the others: they see the same batches and draws.
-pub fn train_group_keep_going(
-    members: &mut [Member],
-    teacher: Option<&TeacherTargets>,
-    data: &Mnist,
-    config: &PhaseConfig,
-    on_epoch: &mut OnEpoch,
-) -> Result<GroupOutcome> {
-    train_members(members, teacher, data, config, on_epoch, true)
 }
 
 /// What a group's training gives: per member, its records and whether it diverged.
@@ -336,13 +308,25 @@ impl std::fmt::Display for Divergence {
     }
 }
 
-fn train_members(
+/// Trains `members` together: every epoch reseeds libtorch's generator with
+/// [`epoch_seed`] and draws one batch order (and, with jitter, one shift per image) that all
+/// members share. A group of one gives the same numbers as training that model alone; with
+/// several members whose models use dropout, the dropout draws interleave and the numbers
+/// differ. Members with a `resume` state continue after its epochs (all members of a group
+/// must have done the same number).
+///
+/// With a `teacher`, each epoch reports every member's agreement with it. Returns the records
+/// of each member's phase, resumed epochs included. A member whose training loss stops being
+/// finite leaves the group at the end of that epoch (which `on_epoch` does not see) and its
+/// [`Divergence`] comes back with the records; the others train on, unchanged, since they see
+/// the same batches and draws. Ctrl-C stops inside the epoch with [`Interrupted`], and
+/// `on_epoch` never sees that epoch either.
+pub fn train_group(
     members: &mut [Member],
     teacher: Option<&TeacherTargets>,
     data: &Mnist,
     config: &PhaseConfig,
     on_epoch: &mut OnEpoch,
-    keep_going: bool,
 ) -> Result<GroupOutcome> {
     ensure!(!data.train.is_empty(), "the training set is empty");
     let distills = members.iter().any(|m| matches!(m.objective, Objective::Distill(_)));
@@ -397,12 +381,6 @@ fn train_members(
                 let phase = member.phase;
                 let divergence =
                     Divergence { phase, epoch, step: step + 1, steps_per_epoch, loss: train_loss };
-                if !keep_going {
-                    bail!(
-                        "{divergence}; try a lower --lr (or a temperature nearer 1), and if it \
-                         happens at any --lr, check that the teacher's outputs are finite"
-                    );
-                }
                 diverged[k] = Some(divergence);
                 left.push(i);
                 continue;
