@@ -148,6 +148,9 @@ pub struct RunArgs {
     /// Peak learning rate of the teacher's SGD [default: --lr].
     #[arg(long, value_name = "X", value_parser = positive)]
     pub teacher_lr: Option<f64>,
+    /// Warm-up epochs of the teacher's learning rate [default: --warmup-epochs].
+    #[arg(long, value_name = "N", value_parser = non_negative_count)]
+    pub teacher_warmup_epochs: Option<i64>,
     /// Peak learning rate of the baseline student's SGD [default: --lr].
     #[arg(long, value_name = "X", value_parser = positive)]
     pub baseline_lr: Option<f64>,
@@ -395,20 +398,32 @@ impl OptimArgs {
     /// The phase configuration these options give, for `epochs` epochs with `jitter` pixels.
     /// A warm-up must leave at least one epoch of the phase to the schedule.
     pub fn phase(&self, epochs: i64, jitter: i64, seed: i64) -> anyhow::Result<PhaseConfig> {
+        self.phase_with(epochs, jitter, seed, self.lr, ("--warmup-epochs", self.warmup_epochs))
+    }
+
+    /// [`OptimArgs::phase`] with its own peak learning rate and warm-up, the warm-up named by
+    /// the option that gave it (for the error when it is too long).
+    pub fn phase_with(
+        &self,
+        epochs: i64,
+        jitter: i64,
+        seed: i64,
+        lr: f64,
+        (option, warmup_epochs): (&str, i64),
+    ) -> anyhow::Result<PhaseConfig> {
         anyhow::ensure!(
-            self.warmup_epochs == 0 || self.warmup_epochs < epochs,
-            "--warmup-epochs {} leaves nothing of a {epochs}-epoch phase to the schedule; give \
-             fewer warm-up epochs than the phase has",
-            self.warmup_epochs
+            warmup_epochs == 0 || warmup_epochs < epochs,
+            "{option} {warmup_epochs} leaves nothing of a {epochs}-epoch phase to the schedule; \
+             give fewer warm-up epochs than the phase has"
         );
         Ok(PhaseConfig {
             epochs,
             batch_size: self.batch_size,
-            lr: self.lr,
+            lr,
             momentum: self.momentum,
             weight_decay: self.weight_decay,
             schedule: self.schedule,
-            warmup_epochs: self.warmup_epochs,
+            warmup_epochs,
             jitter,
             seed,
         })

@@ -84,8 +84,18 @@ pub fn run(args: &RunArgs) -> Result<()> {
     let preset = args.preset.as_deref().map(preset::find).transpose()?;
     let data = load_data(common)?;
     let (students, held_out) = student_data(&data, args)?;
-    let mut teacher_config = args.optim.phase(args.teacher_epochs, args.jitter, common.seed)?;
-    teacher_config.lr = args.teacher_lr.unwrap_or(args.optim.lr);
+    let teacher_warmup = match args.teacher_warmup_epochs {
+        Some(epochs) => ("--teacher-warmup-epochs", epochs),
+        None => ("--warmup-epochs", args.optim.warmup_epochs),
+    };
+    let teacher_lr = args.teacher_lr.unwrap_or(args.optim.lr);
+    let teacher_config = args.optim.phase_with(
+        args.teacher_epochs,
+        args.jitter,
+        common.seed,
+        teacher_lr,
+        teacher_warmup,
+    )?;
     let student_config = args.optim.phase(args.student_epochs, args.student_jitter, common.seed)?;
     let baseline_lr = args.baseline_lr.unwrap_or(student_config.lr);
     let baseline_config = PhaseConfig { lr: baseline_lr, ..student_config.clone() };

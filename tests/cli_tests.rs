@@ -551,3 +551,51 @@ fn the_baseline_takes_its_own_learning_rate() {
     assert_eq!(config["baseline"]["lr"], 0.05);
     assert_eq!(config["student"]["lr"], 0.02);
 }
+
+#[test]
+fn the_teacher_takes_its_own_warm_up() {
+    // A constant schedule and 2 warm-up epochs of 3 for the students: the rate metrics.csv gives
+    // for an epoch is the one of its last step, so half the peak after the first epoch (exact
+    // arithmetic: peak * steps / (2 * steps)), then the peak. The teacher starts at its peak.
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("own-warm-up");
+    let sizes = ["--train-limit", "1000", "--teacher-model", "mlp:32", "--student-model", "mlp:16"];
+    let epochs = ["--teacher-epochs", "2", "--student-epochs", "3", "--schedule", "constant"];
+    let rates = ["--teacher-lr", "0.07", "--lr", "0.02", "--warmup-epochs", "2"];
+    let own = ["--teacher-warmup-epochs", "0"];
+    let output = common::kd_cpu("run", &out, &[&sizes[..], &epochs[..], &rates[..], &own].concat());
+    assert!(output.status.success(), "{}", text(&output.stderr));
+
+    let rows = read_csv::<EpochRecord>(&out.join("metrics.csv"));
+    let logged: Vec<(Phase, f64)> = rows.iter().map(|r| (r.phase, r.lr)).collect();
+    let expected = [
+        (Phase::Teacher, 0.07),
+        (Phase::Teacher, 0.07),
+        (Phase::Baseline, 0.01),
+        (Phase::Baseline, 0.02),
+        (Phase::Baseline, 0.02),
+        (Phase::Student, 0.01),
+        (Phase::Student, 0.02),
+        (Phase::Student, 0.02),
+    ];
+    assert_eq!(logged.len(), expected.len(), "{logged:?}");
+    for ((phase, lr), (want_phase, want_lr)) in logged.iter().zip(expected) {
+        assert_eq!(*phase, want_phase);
+        assert!((lr - want_lr).abs() < 1e-12, "{logged:?}");
+    }
+    let config = common::config_json(&out);
+    assert_eq!(config["teacher"]["warmup_epochs"], 0);
+    assert_eq!(config["student"]["warmup_epochs"], 2);
+
+    // Too long a teacher warm-up is named by its own option.
+    let long = ["--teacher-warmup-epochs", "2"];
+    let out = dir.path().join("too-long");
+    let output =
+        common::kd_cpu("run", &out, &[&sizes[..], &epochs[..], &rates[..], &long].concat());
+    assert!(!output.status.success());
+    let stderr = text(&output.stderr);
+    assert!(
+        stderr.contains("--teacher-warmup-epochs 2 leaves nothing of a 2-epoch phase"),
+        "{stderr}"
+    );
+}
