@@ -89,13 +89,17 @@ pub fn run(args: &RunArgs) -> Result<()> {
         None => ("--warmup-epochs", args.optim.warmup_epochs),
     };
     let teacher_lr = args.teacher_lr.unwrap_or(args.optim.lr);
-    let teacher_config = args.optim.phase_with(
-        args.teacher_epochs,
-        args.jitter,
-        common.seed,
-        teacher_lr,
-        teacher_warmup,
-    )?;
+    // No teacher trains with --teacher-from, so its schedule is neither checked nor recorded.
+    let teacher_config = match &args.teacher_from {
+        Some(_) => None,
+        None => Some(args.optim.phase_with(
+            args.teacher_epochs,
+            args.jitter,
+            common.seed,
+            teacher_lr,
+            teacher_warmup,
+        )?),
+    };
     let student_config = args.optim.phase(args.student_epochs, args.student_jitter, common.seed)?;
     let baseline_lr = args.baseline_lr.unwrap_or(student_config.lr);
     let baseline_config = PhaseConfig { lr: baseline_lr, ..student_config.clone() };
@@ -122,7 +126,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
         omit_class: args.omit_class,
         holdout: args.holdout,
         bias_shift: args.bias_shift,
-        teacher: args.teacher_from.is_none().then(|| teacher_config.clone()),
+        teacher: teacher_config.clone(),
         baseline: (baseline_config != student_config).then(|| baseline_config.clone()),
         student: Some(student_config.clone()),
         distill: Some(kd),
@@ -147,6 +151,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
             (teacher, rows)
         }
         None => {
+            let teacher_config = teacher_config.context("a teacher to train has its schedule")?;
             let mut teacher = new_model(&args.teacher_model, common, Phase::Teacher);
             let records =
                 run_phase(&mut dir, &mut teacher, Phase::Teacher, |model, resume, on_epoch| {
@@ -387,7 +392,7 @@ pub fn sweep_command(args: &SweepArgs) -> Result<()> {
         .with_context(|| format!("cannot create sweep folder {}", out.display()))?;
     let _lock = lock_folder(&out)?;
     if common.force {
-        sweep::clear(&out)?;
+        sweep::clear(&out, &args.teacher.paths)?;
     }
     // Checked before command.json is written: a refused sweep must not change the folder.
     sweep::check_folder(&config, &out)?;
@@ -543,7 +548,8 @@ fn open_run(
         status(&format!("resuming the run in {}", dir.display()));
         return RunDir::resume(dir, phases);
     }
-    let dir = RunDir::create(&run_folder(common, command), common.force)?;
+    let dir =
+        RunDir::create(&run_folder(common, command), common.force, &config.teacher_checkpoints)?;
     dir.write_config(config)?;
     save_command(&dir.path, command)?;
     Ok(dir)

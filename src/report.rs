@@ -82,6 +82,26 @@ pub fn state_file(phase: Phase) -> String {
     format!("{}.state.safetensors", phase.name())
 }
 
+/// Refuses a `--force` that would remove one of `inputs`, a file the command reads: `doomed`
+/// are the files and folders it removes. Paths are compared once resolved, so `./x` and a
+/// link to `x` count as `x`.
+pub fn keep_inputs(doomed: &[PathBuf], inputs: &[PathBuf]) -> Result<()> {
+    let resolved = |path: &Path| fs::canonicalize(path).ok();
+    for input in inputs {
+        let Some(input_path) = resolved(input) else { continue };
+        for doomed_path in doomed.iter().filter_map(|d| resolved(d)) {
+            if input_path.starts_with(&doomed_path) {
+                bail!(
+                    "--force would delete {}, which this command reads; copy it out of \
+                     the folder first or choose another --out",
+                    input.display()
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Takes the lock of folder `dir` (its `.lock` file) for as long as the returned file is open.
 /// The lock is the operating system's, so a killed process never leaves it held.
 pub fn lock_folder(dir: &Path) -> Result<File> {
@@ -154,8 +174,9 @@ pub struct RunDir {
 impl RunDir {
     /// Creates (or reuses, with `force`) the folder `path` and starts its `metrics.csv`.
     /// A folder that already holds a run (finished, or killed and resumable) is refused
-    /// without `force`.
-    pub fn create(path: &Path, force: bool) -> Result<RunDir> {
+    /// without `force`; with it, so is one where a file `force` removes is one of `inputs`
+    /// (the teachers the command reads).
+    pub fn create(path: &Path, force: bool, inputs: &[PathBuf]) -> Result<RunDir> {
         // A folder in use says so before anything else.
         let held = match path.is_dir() {
             true => Some(lock_folder(path)?),
@@ -182,6 +203,10 @@ impl RunDir {
             Some(lock) => lock,
             None => lock_folder(path)?,
         };
+        if force {
+            let doomed: Vec<PathBuf> = RUN_FILES.iter().map(|name| path.join(name)).collect();
+            keep_inputs(&doomed, inputs)?;
+        }
         for name in RUN_FILES.iter().filter(|_| force) {
             let old = path.join(name);
             if old.exists() {

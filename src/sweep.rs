@@ -172,8 +172,12 @@ impl SweepConfig {
 const SWEEP_FILES: [&str; 6] =
     ["config.json", "command.json", "sweep.csv", "metrics.csv", "sweep_summary.csv", "summary.csv"];
 
-/// Removes a previous sweep's files (and its `points/` checkpoints) from `dir`.
-pub fn clear(dir: &Path) -> Result<()> {
+/// Removes a previous sweep's files (and its `points/` checkpoints) from `dir`, unless one of
+/// them is one of `inputs` (the teachers the sweep reads).
+pub fn clear(dir: &Path, inputs: &[PathBuf]) -> Result<()> {
+    let doomed: Vec<PathBuf> =
+        SWEEP_FILES.iter().chain(&["points"]).map(|name| dir.join(name)).collect();
+    crate::report::keep_inputs(&doomed, inputs)?;
     for name in SWEEP_FILES {
         let path = dir.join(name);
         if path.exists() {
@@ -529,7 +533,7 @@ pub fn merge(parts: &[PathBuf], out: &Path, force: bool) -> Result<SweepConfig> 
         merged.grid().iter().map(Point::key).filter(|k| !seen.contains(k)).collect();
     ensure!(missing.is_empty(), "the parts lack {} points: {}", missing.len(), missing.join(", "));
 
-    clear(out)?;
+    clear(out, parts)?;
     fs::create_dir_all(out.join("points"))
         .with_context(|| format!("cannot create {}", out.display()))?;
     for (row, part) in rows.iter().filter(|(row, _)| row.diverged.is_none()) {

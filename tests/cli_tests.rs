@@ -599,3 +599,56 @@ fn the_teacher_takes_its_own_warm_up() {
         "{stderr}"
     );
 }
+
+#[test]
+fn force_never_deletes_the_teacher_the_command_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let small = ["--train-limit", "1000", "--student-model", "mlp:16", "--no-baseline"];
+    let teacher_phase = ["--teacher-model", "mlp:32", "--teacher-epochs", "1"];
+    let output = common::kd_cpu(
+        "run",
+        &run,
+        &[&small[..], &teacher_phase, &["--student-epochs", "1"]].concat(),
+    );
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let teacher = run.join("teacher.safetensors");
+    let teacher_arg = teacher.to_str().unwrap();
+    let before = std::fs::read(&teacher).unwrap();
+
+    // kd run and kd distill into the folder that holds their teacher, with --force.
+    let from = ["--teacher-from", teacher_arg, "--student-epochs", "1", "--force"];
+    let distill = ["--teacher", teacher_arg, "--epochs", "1", "--force"];
+    for (command, extra) in [("run", &from[..]), ("distill", &distill[..])] {
+        // The sizes alone (kd distill trains no baseline unless asked).
+        let output = common::kd_cpu(command, &run, &[&small[..4], extra].concat());
+        assert_eq!(output.status.code(), Some(1), "kd {command}");
+        let stderr = text(&output.stderr);
+        assert!(stderr.contains("--force would delete"), "kd {command}: {stderr}");
+        assert_eq!(std::fs::read(&teacher).unwrap(), before, "kd {command} lost the teacher");
+        assert!(run.join("summary.csv").exists(), "kd {command} lost the finished run");
+    }
+
+    // A sweep whose teacher is one of its own points.
+    let sweep = dir.path().join("sweep");
+    let grid = ["--temperature", "2", "--alpha", "0.5", "--epochs", "1"];
+    let output =
+        common::kd_cpu("sweep", &sweep, &[&small[..], &grid, &["--teacher", teacher_arg]].concat());
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let point = sweep.join("points").join("T2-a0.5-s0.safetensors");
+    let point_arg = point.to_str().unwrap();
+    let again = ["--teacher", point_arg, "--force"];
+    let output = common::kd_cpu("sweep", &sweep, &[&small[..], &grid, &again].concat());
+    assert_eq!(output.status.code(), Some(1));
+    assert!(text(&output.stderr).contains("--force would delete"), "{}", text(&output.stderr));
+    assert!(point.exists(), "the sweep lost its point");
+
+    // With --teacher-from no teacher trains, so its schedule is not checked: a warm-up longer
+    // than the default teacher phase is fine, and config.json records no teacher schedule.
+    let out = dir.path().join("warm");
+    let warm = ["--teacher-from", teacher_arg, "--student-epochs", "4", "--warmup-epochs", "3"];
+    let output =
+        common::kd_cpu("run", &out, &[&small[..], &warm, &["--teacher-epochs", "2"]].concat());
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    assert!(common::config_json(&out)["teacher"].is_null());
+}
