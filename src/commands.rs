@@ -77,6 +77,30 @@ impl RunConfig {
     }
 }
 
+/// Where the teacher of `kd run` comes from.
+enum TeacherPlan {
+    /// `--teacher-from`, loaded before the run folder is touched (a bad file leaves it as it
+    /// was); no teacher trains, so the teacher's schedule options are not used.
+    Given(Teacher),
+    /// Trained in the run with this schedule.
+    Train(PhaseConfig),
+}
+
+fn teacher_plan(args: &RunArgs, data: &Mnist) -> Result<TeacherPlan> {
+    if let Some(path) = &args.teacher_from {
+        let teacher = load_teacher(&TeacherSource::one(path), &args.common, data)?;
+        return Ok(TeacherPlan::Given(teacher));
+    }
+    let warmup = match args.teacher_warmup_epochs {
+        Some(epochs) => ("--teacher-warmup-epochs", epochs),
+        None => ("--warmup-epochs", args.optim.warmup_epochs),
+    };
+    let lr = args.teacher_lr.unwrap_or(args.optim.lr);
+    let config =
+        args.optim.phase_with(args.teacher_epochs, args.jitter, args.common.seed, lr, warmup)?;
+    Ok(TeacherPlan::Train(config))
+}
+
 /// `kd run`: teacher (trained, or `--teacher-from`), baseline and distilled student, then the
 /// student's TorchScript export; with `--preset`, also the comparison with the paper.
 pub fn run(args: &RunArgs) -> Result<()> {
@@ -84,34 +108,14 @@ pub fn run(args: &RunArgs) -> Result<()> {
     let preset = args.preset.as_deref().map(preset::find).transpose()?;
     let data = load_data(common)?;
     let (students, held_out) = student_data(&data, args)?;
-    let teacher_warmup = match args.teacher_warmup_epochs {
-        Some(epochs) => ("--teacher-warmup-epochs", epochs),
-        None => ("--warmup-epochs", args.optim.warmup_epochs),
-    };
-    let teacher_lr = args.teacher_lr.unwrap_or(args.optim.lr);
-    // No teacher trains with --teacher-from, so its schedule is neither checked nor recorded.
-    let teacher_config = match &args.teacher_from {
-        Some(_) => None,
-        None => Some(args.optim.phase_with(
-            args.teacher_epochs,
-            args.jitter,
-            common.seed,
-            teacher_lr,
-            teacher_warmup,
-        )?),
-    };
     let student_config = args.optim.phase(args.student_epochs, args.student_jitter, common.seed)?;
     let baseline_lr = args.baseline_lr.unwrap_or(student_config.lr);
     let baseline_config = PhaseConfig { lr: baseline_lr, ..student_config.clone() };
     let kd = args.kd.config();
-    // A given teacher loads before the run folder is touched: a bad file leaves it as it was.
-    let given_teacher = match &args.teacher_from {
-        Some(path) => Some(load_teacher(&TeacherSource::one(path), common, &data)?),
-        None => None,
-    };
-    let teacher_model = match &given_teacher {
-        Some(teacher) => teacher.description(),
-        None => args.teacher_model.to_string(),
+    let plan = teacher_plan(args, &data)?;
+    let teacher_model = match &plan {
+        TeacherPlan::Given(teacher) => teacher.description(),
+        TeacherPlan::Train(_) => args.teacher_model.to_string(),
     };
     if teacher_model != args.teacher_model.to_string() {
         status(&format!("teacher: {teacher_model} from --teacher-from (not --teacher-model)"));
@@ -126,7 +130,10 @@ pub fn run(args: &RunArgs) -> Result<()> {
         omit_class: args.omit_class,
         holdout: args.holdout,
         bias_shift: args.bias_shift,
-        teacher: teacher_config.clone(),
+        teacher: match &plan {
+            TeacherPlan::Given(_) => None,
+            TeacherPlan::Train(config) => Some(config.clone()),
+        },
         baseline: (baseline_config != student_config).then(|| baseline_config.clone()),
         student: Some(student_config.clone()),
         distill: Some(kd),
@@ -145,13 +152,12 @@ pub fn run(args: &RunArgs) -> Result<()> {
     let test = &data.test;
     let on_omitted =
         |logits: &Tensor| args.omit_class.map(|c| errors_on_class(logits, &test.labels, c));
-    let (teacher, mut rows) = match given_teacher {
-        Some(teacher) => {
+    let (teacher, mut rows) = match plan {
+        TeacherPlan::Given(teacher) => {
             let rows = teacher_rows(&teacher, &data.test);
             (teacher, rows)
         }
-        None => {
-            let teacher_config = teacher_config.context("a teacher to train has its schedule")?;
+        TeacherPlan::Train(teacher_config) => {
             let mut teacher = new_model(&args.teacher_model, common, Phase::Teacher);
             let records =
                 run_phase(&mut dir, &mut teacher, Phase::Teacher, |model, resume, on_epoch| {

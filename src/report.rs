@@ -87,10 +87,11 @@ pub fn state_file(phase: Phase) -> String {
 /// link to `x` count as `x`.
 pub fn keep_inputs(doomed: &[PathBuf], inputs: &[PathBuf]) -> Result<()> {
     let resolved = |path: &Path| fs::canonicalize(path).ok();
+    let doomed: Vec<PathBuf> = doomed.iter().filter_map(|d| resolved(d)).collect();
     for input in inputs {
         let Some(input_path) = resolved(input) else { continue };
-        for doomed_path in doomed.iter().filter_map(|d| resolved(d)) {
-            if input_path.starts_with(&doomed_path) {
+        for doomed_path in &doomed {
+            if input_path.starts_with(doomed_path) {
                 bail!(
                     "--force would delete {}, which this command reads; copy it out of \
                      the folder first or choose another --out",
@@ -206,12 +207,8 @@ impl RunDir {
         if force {
             let doomed: Vec<PathBuf> = RUN_FILES.iter().map(|name| path.join(name)).collect();
             keep_inputs(&doomed, inputs)?;
-        }
-        for name in RUN_FILES.iter().filter(|_| force) {
-            let old = path.join(name);
-            if old.exists() {
-                fs::remove_file(&old)
-                    .with_context(|| format!("cannot remove {}", old.display()))?;
+            for old in doomed.iter().filter(|old| old.exists()) {
+                fs::remove_file(old).with_context(|| format!("cannot remove {}", old.display()))?;
             }
         }
         let metrics_path = path.join("metrics.csv");

@@ -173,7 +173,7 @@ const SWEEP_FILES: [&str; 6] =
     ["config.json", "command.json", "sweep.csv", "metrics.csv", "sweep_summary.csv", "summary.csv"];
 
 /// Removes a previous sweep's files (and its `points/` checkpoints) from `dir`, unless one of
-/// them is one of `inputs` (the teachers the sweep reads).
+/// them is one of `inputs` (what the command reads: the sweep's teachers, or merge's parts).
 pub fn clear(dir: &Path, inputs: &[PathBuf]) -> Result<()> {
     let doomed: Vec<PathBuf> =
         SWEEP_FILES.iter().chain(&["points"]).map(|name| dir.join(name)).collect();

@@ -532,15 +532,18 @@ fn warm_up_raises_the_learning_rate_to_its_peak_then_the_cosine_takes_over() {
     assert_eq!(config["teacher"]["warmup_epochs"], 1);
 }
 
+/// A teacher and students small enough for a run of a few seconds.
+const TINY_RUN: [&str; 6] =
+    ["--train-limit", "1000", "--teacher-model", "mlp:32", "--student-model", "mlp:16"];
+
 #[test]
 fn the_baseline_takes_its_own_learning_rate() {
     // A constant schedule: metrics.csv gives each phase's peak rate as it is.
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("own-lr");
-    let sizes = ["--train-limit", "1000", "--teacher-model", "mlp:32", "--student-model", "mlp:16"];
     let epochs = ["--teacher-epochs", "1", "--student-epochs", "1", "--schedule", "constant"];
     let rates = ["--teacher-lr", "0.07", "--lr", "0.02", "--baseline-lr", "0.05"];
-    let output = common::kd_cpu("run", &out, &[&sizes[..], &epochs[..], &rates[..]].concat());
+    let output = common::kd_cpu("run", &out, &[&TINY_RUN[..], &epochs[..], &rates[..]].concat());
     assert!(output.status.success(), "{}", text(&output.stderr));
 
     let rows = read_csv::<EpochRecord>(&out.join("metrics.csv"));
@@ -559,11 +562,11 @@ fn the_teacher_takes_its_own_warm_up() {
     // arithmetic: peak * steps / (2 * steps)), then the peak. The teacher starts at its peak.
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("own-warm-up");
-    let sizes = ["--train-limit", "1000", "--teacher-model", "mlp:32", "--student-model", "mlp:16"];
     let epochs = ["--teacher-epochs", "2", "--student-epochs", "3", "--schedule", "constant"];
     let rates = ["--teacher-lr", "0.07", "--lr", "0.02", "--warmup-epochs", "2"];
     let own = ["--teacher-warmup-epochs", "0"];
-    let output = common::kd_cpu("run", &out, &[&sizes[..], &epochs[..], &rates[..], &own].concat());
+    let output =
+        common::kd_cpu("run", &out, &[&TINY_RUN[..], &epochs[..], &rates[..], &own].concat());
     assert!(output.status.success(), "{}", text(&output.stderr));
 
     let rows = read_csv::<EpochRecord>(&out.join("metrics.csv"));
@@ -591,7 +594,7 @@ fn the_teacher_takes_its_own_warm_up() {
     let long = ["--teacher-warmup-epochs", "2"];
     let out = dir.path().join("too-long");
     let output =
-        common::kd_cpu("run", &out, &[&sizes[..], &epochs[..], &rates[..], &long].concat());
+        common::kd_cpu("run", &out, &[&TINY_RUN[..], &epochs[..], &rates[..], &long].concat());
     assert!(!output.status.success());
     let stderr = text(&output.stderr);
     assert!(
