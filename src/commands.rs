@@ -20,7 +20,7 @@ use crate::export::export_torchscript;
 use crate::models::{Model, ModelSpec};
 use crate::preset;
 use crate::report::{RunDir, SummaryRow, lock_folder, state_file, status, table, teacher_rows};
-use crate::resume::save_command;
+use crate::resume::{self, save_command};
 use crate::sweep::{self, SweepConfig, TeacherFile};
 use crate::teacher::{Ensemble, InputLayout, Teacher, TeacherNet};
 use crate::train::{
@@ -86,8 +86,24 @@ enum TeacherPlan {
     Train(PhaseConfig),
 }
 
+/// Options of `kd run` that only say how its teacher trains.
+const TEACHER_TRAINING: [&str; 4] =
+    ["--teacher-epochs", "--teacher-lr", "--teacher-warmup-epochs", "--jitter"];
+
 fn teacher_plan(args: &RunArgs, data: &Mnist) -> Result<TeacherPlan> {
     if let Some(path) = &args.teacher_from {
+        // A preset's teacher options are fine (they are its recipe); the user's are a mistake.
+        let given: Vec<String> = std::env::args().skip(1).collect();
+        let unused: Vec<&str> = TEACHER_TRAINING
+            .into_iter()
+            .filter(|option| given.iter().any(|a| a.split('=').next() == Some(option)))
+            .collect();
+        ensure!(
+            unused.is_empty(),
+            "{} set how the teacher trains, but --teacher-from gives a trained one: leave {} out",
+            unused.join(", "),
+            if unused.len() == 1 { "it" } else { "them" }
+        );
         let teacher = load_teacher(&TeacherSource::one(path), &args.common, data)?;
         return Ok(TeacherPlan::Given(teacher));
     }
@@ -96,9 +112,22 @@ fn teacher_plan(args: &RunArgs, data: &Mnist) -> Result<TeacherPlan> {
         None => ("--warmup-epochs", args.optim.warmup_epochs),
     };
     let lr = args.teacher_lr.unwrap_or(args.optim.lr);
-    let config =
-        args.optim.phase_with(args.teacher_epochs, args.jitter, args.common.seed, lr, warmup)?;
+    let config = args
+        .optim
+        .phase_with(args.teacher_epochs, args.jitter, args.common.seed, lr, warmup)
+        .map_err(|e| under_preset(e, args))?;
     Ok(TeacherPlan::Train(config))
+}
+
+/// An error about the options of `kd run`, saying where they partly came from when a preset
+/// gave some.
+fn under_preset(error: anyhow::Error, args: &RunArgs) -> anyhow::Error {
+    match &args.preset {
+        Some(name) => error.context(format!(
+            "under preset {name}, whose options (`kd presets` lists them) come before yours"
+        )),
+        None => error,
+    }
 }
 
 /// `kd run`: teacher (trained, or `--teacher-from`), baseline and distilled student, then the
@@ -108,7 +137,10 @@ pub fn run(args: &RunArgs) -> Result<()> {
     let preset = args.preset.as_deref().map(preset::find).transpose()?;
     let data = load_data(common)?;
     let (students, held_out) = student_data(&data, args)?;
-    let student_config = args.optim.phase(args.student_epochs, args.student_jitter, common.seed)?;
+    let student_config = args
+        .optim
+        .phase(args.student_epochs, args.student_jitter, common.seed)
+        .map_err(|e| under_preset(e, args))?;
     let baseline_lr = args.baseline_lr.unwrap_or(student_config.lr);
     let baseline_config = PhaseConfig { lr: baseline_lr, ..student_config.clone() };
     let kd = args.kd.config();
@@ -210,7 +242,8 @@ pub fn run(args: &RunArgs) -> Result<()> {
     }
     finish(&dir, &rows, common)?;
     if let Some(preset) = &preset {
-        print!("{}", preset::comparison(&rows, preset));
+        let changes = preset::recipe_changes(&resume::saved_argv(&dir.path)?);
+        print!("{}", preset::comparison(&rows, preset, &changes));
     }
     Ok(())
 }

@@ -120,6 +120,34 @@ pub fn expand(args: Vec<OsString>, preset: Option<&str>) -> Result<Vec<OsString>
     Ok(expanded)
 }
 
+/// Options that leave a preset's recipe as it is: where the files are, the device, the seed (a
+/// replicate of the same recipe), and how progress shows.
+const KEEP_RECIPE: [&str; 10] = [
+    "--preset",
+    "--out",
+    "--data",
+    "--force",
+    "--resume",
+    "--device",
+    "--seed",
+    "--quiet",
+    "--no-plot",
+    "--teacher-from",
+];
+
+/// The options of a `kd run --preset` command line (the arguments after `kd`, as given) that
+/// change the preset's recipe, in the order given: every option but those of [`KEEP_RECIPE`].
+pub fn recipe_changes(args: &[String]) -> Vec<String> {
+    let mut changes: Vec<String> = Vec::new();
+    for arg in args.iter().filter(|a| a.starts_with("--")) {
+        let name = arg.split('=').next().unwrap_or(arg);
+        if !KEEP_RECIPE.contains(&name) && !changes.iter().any(|c| c == name) {
+            changes.push(name.to_string());
+        }
+    }
+    changes
+}
+
 /// `kd presets`: each preset's summary, command, expected numbers and time.
 pub fn describe(presets: &[Preset]) -> String {
     let mut out = String::new();
@@ -153,12 +181,20 @@ pub fn attach_paper(rows: &mut [SummaryRow], preset: &Preset) {
 
 /// The table printed at the end of a preset run: for each row the preset compares, the paper's
 /// test errors, this run's and the difference, then how much of the gap between the baseline
-/// and the teacher the distilled student closed (when the run has all three).
-pub fn comparison(rows: &[SummaryRow], preset: &Preset) -> String {
+/// and the teacher the distilled student closed (when the run has all three). `changes` are
+/// the options given beside the preset that change its recipe ([`recipe_changes`]).
+pub fn comparison(rows: &[SummaryRow], preset: &Preset, changes: &[String]) -> String {
     let mut out = format!(
         "\n{} beside the paper (test errors of 10,000; on the omitted class in brackets)\n",
         preset.name
     );
+    if !changes.is_empty() {
+        out += &format!(
+            "note: {} given beside the preset change its recipe, so kd's numbers are not the \
+             preset's\n",
+            changes.join(", ")
+        );
+    }
     out += &format!("{:<46} {:>10} {:>10} {:>11}\n", "row", "paper", "kd", "difference");
     for paper in &preset.paper {
         let Some(row) = rows.iter().find(|r| r.phase == paper.phase) else { continue };
@@ -216,5 +252,31 @@ mod tests {
         assert_eq!(expand(args.clone(), None).unwrap(), args);
         let unknown = expand(args, Some("hinton-cifar")).unwrap_err().to_string();
         assert!(unknown.contains("no preset named 'hinton-cifar'"), "{unknown}");
+    }
+
+    #[test]
+    fn recipe_changes_are_the_options_beyond_files_device_seed_and_progress() {
+        let args: Vec<String> = [
+            "run",
+            "--preset",
+            "hinton-mnist",
+            "--out",
+            "runs/x",
+            "--teacher-from",
+            "t.safetensors",
+            "--seed=3",
+            "--student-epochs",
+            "5",
+            "--quiet",
+            "--alpha=0.5",
+            "--student-epochs",
+            "6",
+            "--no-baseline",
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+        assert_eq!(recipe_changes(&args), ["--student-epochs", "--alpha", "--no-baseline"]);
+        assert!(recipe_changes(&args[..8]).is_empty());
     }
 }

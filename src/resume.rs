@@ -135,6 +135,11 @@ fn attach_negative_lists(args: Vec<OsString>) -> Vec<OsString> {
     joined
 }
 
+/// The arguments after `kd` that started the run in `dir`, as given.
+pub fn saved_argv(dir: &Path) -> Result<Vec<String>> {
+    Ok(read_saved(dir)?.argv)
+}
+
 fn read_saved(dir: &Path) -> Result<SavedCommand> {
     let path = dir.join("command.json");
     ensure!(dir.is_dir(), "{} cannot be resumed: it is not a run folder", dir.display());

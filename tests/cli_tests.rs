@@ -647,11 +647,18 @@ fn force_never_deletes_the_teacher_the_command_reads() {
     assert!(point.exists(), "the sweep lost its point");
 
     // With --teacher-from no teacher trains, so its schedule is not checked: a warm-up longer
-    // than the default teacher phase is fine, and config.json records no teacher schedule.
+    // than the default teacher phase (8 epochs) is fine, and config.json records no teacher
+    // schedule. The teacher's own training options are refused before anything is written.
     let out = dir.path().join("warm");
-    let warm = ["--teacher-from", teacher_arg, "--student-epochs", "4", "--warmup-epochs", "3"];
-    let output =
-        common::kd_cpu("run", &out, &[&small[..], &warm, &["--teacher-epochs", "2"]].concat());
+    let warm = ["--teacher-from", teacher_arg, "--student-epochs", "10", "--warmup-epochs", "9"];
+    let teacher_options = ["--teacher-epochs", "2", "--jitter=1"];
+    let output = common::kd_cpu("run", &out, &[&small[..], &warm, &teacher_options].concat());
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = text(&output.stderr);
+    let refusal = "--teacher-epochs, --jitter set how the teacher trains, but --teacher-from";
+    assert!(stderr.contains(refusal), "{stderr}");
+    assert!(!out.exists(), "a refused run left {}", out.display());
+    let output = common::kd_cpu("run", &out, &[&small[..], &warm].concat());
     assert!(output.status.success(), "{}", text(&output.stderr));
     assert!(common::config_json(&out)["teacher"].is_null());
 }

@@ -18,14 +18,11 @@ use kd::report::SummaryRow;
 use kd::train::{evaluate, evaluation_from_logits, predict};
 use tch::{Device, Kind, Tensor};
 
-/// Small sizes that override the preset's (one-epoch phases leave no room for a warm-up).
-const SMALL: [&str; 12] = [
+/// Small student sizes that override the preset's (one-epoch phases leave no room for a
+/// warm-up), and a small teacher for the runs that train one.
+const SMALL: [&str; 8] = [
     "--train-limit",
     "3000",
-    "--teacher-model",
-    "mlp:128:dropout=0.2",
-    "--teacher-epochs",
-    "1",
     "--student-model",
     "mlp:32",
     "--student-epochs",
@@ -33,6 +30,8 @@ const SMALL: [&str; 12] = [
     "--warmup-epochs",
     "0",
 ];
+const SMALL_TEACHER: [&str; 4] =
+    ["--teacher-model", "mlp:128:dropout=0.2", "--teacher-epochs", "1"];
 
 fn preset_run(preset: &str, out: &Path, extra: &[&str]) -> std::process::Output {
     common::kd_cpu("run", out, &[&["--preset", preset][..], &SMALL, extra].concat())
@@ -61,7 +60,7 @@ fn kd_presets_lists_each_preset_with_its_command_and_the_papers_numbers() {
 fn a_preset_run_applies_the_preset_under_the_users_options_and_compares_with_the_paper() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("hinton");
-    let output = preset_run("hinton-mnist", &out, &[]);
+    let output = preset_run("hinton-mnist", &out, &SMALL_TEACHER);
     assert!(output.status.success(), "{}", text(&output.stderr));
 
     // The preset's temperature and teacher jitter, the user's sizes.
@@ -83,6 +82,9 @@ fn a_preset_run_applies_the_preset_under_the_users_options_and_compares_with_the
 
     // The printed comparison: one line per row with paper, kd and difference, then the gap.
     let table = text(&output.stdout);
+    let note = "note: --train-limit, --student-model, --student-epochs, --warmup-epochs, \
+                --teacher-model, --teacher-epochs given beside the preset change its recipe";
+    assert!(table.contains(note), "missing {note:?} in:\n{table}");
     let line = table.lines().find(|l| l.contains("distilled at T = 20")).expect("student row");
     let student = &summary[2];
     let fields: Vec<&str> = line.split_whitespace().rev().take(3).collect();
@@ -93,6 +95,21 @@ fn a_preset_run_applies_the_preset_under_the_users_options_and_compares_with_the
         let closed = format!("closes {:.0}% of the gap", 100.0 * (b - s) as f64 / (b - t) as f64);
         assert!(table.contains(&closed), "missing {closed:?} in:\n{table}");
     }
+}
+
+#[test]
+fn an_error_about_options_the_preset_gave_names_the_preset() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("short");
+    // hinton-mnist warms its students up over 3 epochs: a 2-epoch student phase cannot hold that.
+    let args = ["--preset", "hinton-mnist", "--train-limit", "1000", "--student-epochs", "2"];
+    let output = common::kd_cpu("run", &out, &args);
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = text(&output.stderr);
+    let expected = "under preset hinton-mnist, whose options (`kd presets` lists them) come \
+                    before yours: --warmup-epochs 3 leaves nothing of a 2-epoch phase";
+    assert!(stderr.contains(expected), "{stderr}");
+    assert!(!out.exists(), "a refused run left {}", out.display());
 }
 
 #[test]
@@ -108,6 +125,10 @@ fn the_omitted_class_preset_leaves_out_the_class_and_shifts_its_output_bias() {
     let extra = ["--teacher-from", teacher_file.to_str().unwrap(), "--holdout", "500"];
     let output = preset_run("hinton-mnist-omit3", &out, &extra);
     assert!(output.status.success(), "{}", text(&output.stderr));
+    // A teacher from elsewhere keeps the recipe; the held-out size changes it.
+    let table = text(&output.stdout);
+    let note = "--warmup-epochs, --holdout given beside the preset change its recipe";
+    assert!(table.contains(note), "missing {note:?} in:\n{table}");
 
     // The students trained on the first 2,500 images less their 3s.
     let mnist = load_mnist(&common::mnist_dir(), Device::Cpu, Some(3000)).unwrap();
