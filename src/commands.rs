@@ -86,9 +86,9 @@ enum TeacherPlan {
     Train(PhaseConfig),
 }
 
-/// Options of `kd run` that only say how its teacher trains.
-const TEACHER_TRAINING: [&str; 4] =
-    ["--teacher-epochs", "--teacher-lr", "--teacher-warmup-epochs", "--jitter"];
+/// Options of `kd run` that describe the teacher it trains: its model and how it trains.
+const TEACHER_TRAINING: [&str; 5] =
+    ["--teacher-model", "--teacher-epochs", "--teacher-lr", "--teacher-warmup-epochs", "--jitter"];
 
 fn teacher_plan(args: &RunArgs, data: &Mnist) -> Result<TeacherPlan> {
     if let Some(path) = &args.teacher_from {
@@ -100,9 +100,9 @@ fn teacher_plan(args: &RunArgs, data: &Mnist) -> Result<TeacherPlan> {
             .collect();
         ensure!(
             unused.is_empty(),
-            "{} set how the teacher trains, but --teacher-from gives a trained one: leave {} out",
-            unused.join(", "),
-            if unused.len() == 1 { "it" } else { "them" }
+            "--teacher-from gives a trained teacher (its file says what model it is), so the \
+             options that describe a teacher to train cannot apply: leave {} out",
+            unused.join(", ")
         );
         let teacher = load_teacher(&TeacherSource::one(path), &args.common, data)?;
         return Ok(TeacherPlan::Given(teacher));
@@ -242,7 +242,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
     }
     finish(&dir, &rows, common)?;
     if let Some(preset) = &preset {
-        let changes = preset::recipe_changes(&resume::saved_argv(&dir.path)?);
+        let changes = preset::recipe_changes(&resume::saved_argv(&dir.path)?, preset);
         print!("{}", preset::comparison(&rows, preset, &changes));
     }
     Ok(())

@@ -114,6 +114,10 @@ pub fn expand(args: Vec<OsString>, preset: Option<&str>) -> Result<Vec<OsString>
     let Some(name) = preset else { return Ok(args) };
     let preset = find(name)?;
     ensure!(args.get(1).is_some_and(|a| a == "run"), "--preset is an option of kd run");
+    let named =
+        |a: &&OsString| a.to_str().is_some_and(|a| a == "--preset" || a.starts_with("--preset="));
+    let times = args.iter().filter(named).count();
+    ensure!(times <= 1, "--preset is given {times} times: a run follows one preset");
     let mut expanded = args[..2].to_vec();
     expanded.extend(preset.args.iter().map(OsString::from));
     expanded.extend_from_slice(&args[2..]);
@@ -136,16 +140,41 @@ const KEEP_RECIPE: [&str; 10] = [
 ];
 
 /// The options of a `kd run --preset` command line (the arguments after `kd`, as given) that
-/// change the preset's recipe, in the order given: every option but those of [`KEEP_RECIPE`].
-pub fn recipe_changes(args: &[String]) -> Vec<String> {
+/// change `preset`'s recipe, in the order first given: every option but those of
+/// [`KEEP_RECIPE`] whose last value differs from the preset's own.
+pub fn recipe_changes(args: &[String], preset: &Preset) -> Vec<String> {
+    let given = options(args);
+    let recipe = options(&preset.args);
     let mut changes: Vec<String> = Vec::new();
-    for arg in args.iter().filter(|a| a.starts_with("--")) {
-        let name = arg.split('=').next().unwrap_or(arg);
-        if !KEEP_RECIPE.contains(&name) && !changes.iter().any(|c| c == name) {
+    for &(name, _) in &given {
+        let same = last_value(&given, name) == last_value(&recipe, name);
+        if !KEEP_RECIPE.contains(&name) && !same && !changes.iter().any(|c| c == name) {
             changes.push(name.to_string());
         }
     }
     changes
+}
+
+/// The options in `args` with their values: `--x v` and `--x=v` give `("--x", Some("v"))`, and
+/// a flag `("--x", None)`.
+fn options(args: &[String]) -> Vec<(&str, Option<&str>)> {
+    let mut options = Vec::new();
+    for (i, arg) in args.iter().enumerate().filter(|(_, a)| a.starts_with("--")) {
+        let option = match arg.split_once('=') {
+            Some((name, value)) => (name, Some(value)),
+            None => {
+                let value = args.get(i + 1).map(String::as_str).filter(|v| !v.starts_with("--"));
+                (arg.as_str(), value)
+            }
+        };
+        options.push(option);
+    }
+    options
+}
+
+/// The value `name` has last in `options`: `None` when absent, `Some(None)` for a flag.
+fn last_value<'a>(options: &[(&str, Option<&'a str>)], name: &str) -> Option<Option<&'a str>> {
+    options.iter().rev().find(|(n, _)| *n == name).map(|&(_, value)| value)
 }
 
 /// `kd presets`: each preset's summary, command, expected numbers and time.
@@ -252,6 +281,12 @@ mod tests {
         assert_eq!(expand(args.clone(), None).unwrap(), args);
         let unknown = expand(args, Some("hinton-cifar")).unwrap_err().to_string();
         assert!(unknown.contains("no preset named 'hinton-cifar'"), "{unknown}");
+        let twice: Vec<OsString> = ["kd", "run", "--preset", "hinton-mnist", "--preset=x.toml"]
+            .iter()
+            .map(OsString::from)
+            .collect();
+        let error = expand(twice, Some("hinton-mnist")).unwrap_err().to_string();
+        assert_eq!(error, "--preset is given 2 times: a run follows one preset");
     }
 
     #[test]
@@ -265,10 +300,15 @@ mod tests {
             "--teacher-from",
             "t.safetensors",
             "--seed=3",
+            "--temperature",
+            "20",
             "--student-epochs",
             "5",
             "--quiet",
             "--alpha=0.5",
+            "--lr",
+            "0.1",
+            "--lr=0.05",
             "--student-epochs",
             "6",
             "--no-baseline",
@@ -276,7 +316,10 @@ mod tests {
         .iter()
         .map(|a| a.to_string())
         .collect();
-        assert_eq!(recipe_changes(&args), ["--student-epochs", "--alpha", "--no-baseline"]);
-        assert!(recipe_changes(&args[..8]).is_empty());
+        // hinton-mnist runs at T = 20 with a peak of 0.05, so those two change nothing.
+        let preset = find("hinton-mnist").unwrap();
+        let changes = recipe_changes(&args, &preset);
+        assert_eq!(changes, ["--student-epochs", "--alpha", "--no-baseline"]);
+        assert!(recipe_changes(&args[..10], &preset).is_empty());
     }
 }

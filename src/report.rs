@@ -61,7 +61,7 @@ pub struct SummaryRow {
 
 /// The files a run writes. `--force` removes them before a new run starts in the same folder,
 /// so nothing of the old run is left to be mistaken for the new one's.
-const RUN_FILES: [&str; 12] = [
+const RUN_FILES: [&str; 13] = [
     "config.json",
     "command.json",
     "metrics.csv",
@@ -74,6 +74,7 @@ const RUN_FILES: [&str; 12] = [
     "student.state.safetensors",
     "student.pt",
     "student.json",
+    "learning_curves.png",
 ];
 
 /// The state file of `phase` in a run folder: its model, optimizer and records at the end of

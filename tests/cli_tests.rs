@@ -249,7 +249,9 @@ fn distill_and_eval_work_from_a_teacher_checkpoint() {
     assert_eq!(again.status.code(), Some(1));
     assert!(text(&again.stderr).contains("pass --force to overwrite"), "{}", text(&again.stderr));
 
-    // --force replaces a run folder's files: the old baseline does not survive a run without one.
+    // --force replaces a run folder's files: the old baseline does not survive a run without
+    // one, nor the old plot a run with --no-plot.
+    std::fs::write(out.join("learning_curves.png"), b"the old run's plot").unwrap();
     let output = kd(&[
         "distill",
         "--data",
@@ -268,9 +270,11 @@ fn distill_and_eval_work_from_a_teacher_checkpoint() {
         "1",
         "--force",
         "--quiet",
+        "--no-plot",
     ]);
     assert!(output.status.success(), "{}", text(&output.stderr));
     assert!(!out.join("baseline.safetensors").exists());
+    assert!(!out.join("learning_curves.png").exists());
 
     // A forced run that fails on its input leaves the finished run as it was.
     let metrics = std::fs::read(out.join("metrics.csv")).unwrap();
@@ -651,11 +655,11 @@ fn force_never_deletes_the_teacher_the_command_reads() {
     // schedule. The teacher's own training options are refused before anything is written.
     let out = dir.path().join("warm");
     let warm = ["--teacher-from", teacher_arg, "--student-epochs", "10", "--warmup-epochs", "9"];
-    let teacher_options = ["--teacher-epochs", "2", "--jitter=1"];
+    let teacher_options = ["--teacher-model", "mlp:64", "--teacher-epochs", "2", "--jitter=1"];
     let output = common::kd_cpu("run", &out, &[&small[..], &warm, &teacher_options].concat());
     assert_eq!(output.status.code(), Some(1));
     let stderr = text(&output.stderr);
-    let refusal = "--teacher-epochs, --jitter set how the teacher trains, but --teacher-from";
+    let refusal = "cannot apply: leave --teacher-model, --teacher-epochs, --jitter out";
     assert!(stderr.contains(refusal), "{stderr}");
     assert!(!out.exists(), "a refused run left {}", out.display());
     let output = common::kd_cpu("run", &out, &[&small[..], &warm].concat());
