@@ -102,7 +102,8 @@ pub struct OptimArgs {
 /// Distillation options.
 #[derive(Debug, Args)]
 pub struct KdArgs {
-    /// Temperature T > 0 that softens teacher and student logits (softmax of logits / T).
+    /// Temperature T in [0.001, 1000] that softens teacher and student logits (softmax of
+    /// logits / T).
     #[arg(long, value_name = "T", default_value_t = 4.0, value_parser = temperature)]
     pub temperature: f64,
     /// Weight of the soft (teacher) term in [0, 1]; the hard-label term gets 1 - alpha.
@@ -298,7 +299,7 @@ pub struct SweepArgs {
     /// Student model spec.
     #[arg(long, value_name = "SPEC", default_value = "mlp:800x800")]
     pub student_model: ModelSpec,
-    /// Temperatures, comma-separated.
+    /// Temperatures in [0.001, 1000], comma-separated.
     #[arg(long, value_name = "T,...", value_delimiter = ',', value_parser = temperature)]
     #[arg(default_value = "1,2,4,8,20")]
     pub temperature: Vec<f64>,
@@ -516,10 +517,9 @@ fn number(text: &str) -> Result<f64> {
     }
 }
 
-/// A temperature: greater than 0, and within [0.001, 1000] where float32 logits divided by it
-/// stay finite.
+/// A temperature: within [0.001, 1000], where float32 logits divided by it stay finite.
 fn temperature(text: &str) -> Result<f64> {
-    let t = positive(text)?;
+    let t = number(text)?;
     if !(1e-3..=1e3).contains(&t) {
         bail!("must be between 0.001 and 1000 (beyond, softened logits overflow float32)");
     }

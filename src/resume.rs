@@ -170,7 +170,10 @@ fn check_given(given: &ArgMatches, saved: &ArgMatches, dir: &Path) -> Result<()>
     };
     let command = Cli::command();
     let arguments = command.find_subcommand(name).expect("the subcommand exists");
-    for id in given.ids().map(|id| id.as_str()) {
+    // A different preset is named before the options it brings.
+    let mut ids: Vec<&str> = given.ids().map(|id| id.as_str()).collect();
+    ids.sort_by_key(|&id| id != "preset");
+    for id in ids {
         // Group ids (the flattened option structs) are not options.
         let Some(argument) = arguments.get_arguments().find(|a| a.get_id() == id) else {
             continue;

@@ -113,7 +113,7 @@ fn a_non_numeric_option_value() {
 #[test]
 fn an_out_of_range_option_value() {
     refused(&["run", "--alpha", "1.5"], 2, "must be between 0 and 1");
-    refused(&["run", "--temperature", "0"], 2, "must be greater than 0");
+    refused(&["run", "--temperature", "0"], 2, "must be between 0.001 and 1000");
     refused(&["sweep", "--teacher", "t.safetensors", "--shard", "3/2"], 2, "--shard");
 }
 

@@ -315,7 +315,7 @@ fn failure(args: &[&str]) -> (Option<i32>, String) {
 #[test]
 fn bad_options_get_clear_errors_and_non_zero_exits() {
     let cases: &[(&[&str], &str)] = &[
-        (&["run", "--temperature", "0"], "must be greater than 0"),
+        (&["run", "--temperature", "0"], "must be between 0.001 and 1000"),
         (&["run", "--temperature", "-1"], "--temperature"),
         (&["run", "--alpha", "1.5"], "must be between 0 and 1"),
         (&["run", "--alpha", "x"], "'x' is not a finite number"),
@@ -328,7 +328,7 @@ fn bad_options_get_clear_errors_and_non_zero_exits() {
         (&["run", "--batch-size", "0"], "--batch-size"),
         (&["run", "--train-limit", "-3"], "--train-limit"),
         // Negative lists reach their parsers (clap alone reads them as short flags).
-        (&["sweep", "--teacher", "t", "--temperature", "-1,2"], "must be greater than 0"),
+        (&["sweep", "--teacher", "t", "--temperature", "-1,2"], "must be between 0.001"),
         (&["sweep", "--teacher", "t", "--alpha", "-0.5,1"], "must be between 0 and 1"),
         (&["sweep", "--teacher", "t", "--temperature"], "a value is required for '--temperature"),
     ];

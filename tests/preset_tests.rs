@@ -95,6 +95,14 @@ fn a_preset_run_applies_the_preset_under_the_users_options_and_compares_with_the
         let closed = format!("closes {:.0}% of the gap", 100.0 * (b - s) as f64 / (b - t) as f64);
         assert!(table.contains(&closed), "missing {closed:?} in:\n{table}");
     }
+
+    // Resuming it under another preset is refused, naming the preset rather than the options
+    // the other preset brings.
+    let resume = ["run", "--resume", out.to_str().unwrap(), "--preset", "hinton-mnist-omit3"];
+    let output = common::kd(&resume);
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = text(&output.stderr);
+    assert!(stderr.contains("--preset hinton-mnist-omit3 conflicts with the run in"), "{stderr}");
 }
 
 #[test]
