@@ -102,7 +102,25 @@ fn matches_from(args: Vec<OsString>) -> Result<ArgMatches, clap::Error> {
     let expanded = crate::preset::expand(args, Some(&name)).map_err(|error| {
         clap::Error::raw(clap::error::ErrorKind::InvalidValue, format!("{error:#}\n"))
     })?;
-    Cli::command().try_get_matches_from(expanded)
+    Cli::command().try_get_matches_from(expanded).map_err(|error| under_preset(error, &name))
+}
+
+/// A clap error about a command line that `preset` added to, saying so: the option at fault may
+/// be the preset's rather than the user's. Help and version requests pass as they are.
+fn under_preset(error: clap::Error, preset: &str) -> clap::Error {
+    use clap::error::ErrorKind::{DisplayHelp, DisplayVersion};
+    if matches!(error.kind(), DisplayHelp | DisplayVersion) {
+        return error;
+    }
+    let rendered = error.render().to_string();
+    let message = rendered.strip_prefix("error: ").unwrap_or(&rendered);
+    clap::Error::raw(
+        error.kind(),
+        format!(
+            "under preset {preset}, whose options (`kd presets` lists them) come before \
+             yours: {message}"
+        ),
+    )
 }
 
 /// The comma-separated number lists of `kd sweep`, which clap would read as short flags when

@@ -106,6 +106,26 @@ fn a_preset_run_applies_the_preset_under_the_users_options_and_compares_with_the
 }
 
 #[test]
+fn a_bad_value_in_a_preset_file_is_an_error_that_names_the_preset() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("mine.toml");
+    let preset = "name = \"mine\"\nsummary = \"s\"\ncommand = \"c\"\ntime_cpu = \"t\"\n\
+                  time_gpu = \"t\"\nargs = [\"--alpha\", \"1.5\"]\n";
+    std::fs::write(&file, preset).unwrap();
+    let out = dir.path().join("run");
+    let output = common::kd_cpu("run", &out, &["--preset", file.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = text(&output.stderr);
+    let expected = format!(
+        "under preset {}, whose options (`kd presets` lists them) come before yours: invalid \
+         value '1.5' for '--alpha <A>'",
+        file.display()
+    );
+    assert!(stderr.contains(&expected), "{stderr}");
+    assert!(!out.exists(), "a refused run left {}", out.display());
+}
+
+#[test]
 fn an_error_about_options_the_preset_gave_names_the_preset() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("short");
