@@ -136,7 +136,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
     let common = &args.common;
     let preset = args.preset.as_deref().map(preset::find).transpose()?;
     let data = load_data(common)?;
-    let (students, held_out) = student_data(&data, args)?;
+    let (students, held_out) = student_data(&data, args).map_err(|e| under_preset(e, args))?;
     let student_config = args
         .optim
         .phase(args.student_epochs, args.student_jitter, common.seed)

@@ -10,8 +10,10 @@
 use std::ffi::OsString;
 
 use anyhow::{Context, Result, bail, ensure};
+use clap::CommandFactory;
 use serde::Deserialize;
 
+use crate::cli::Cli;
 use crate::report::SummaryRow;
 
 /// The presets shipped with `kd`: their names and their files' text.
@@ -147,12 +149,29 @@ pub fn recipe_changes(args: &[String], preset: &Preset) -> Vec<String> {
     let recipe = options(&preset.args);
     let mut changes: Vec<String> = Vec::new();
     for &(name, _) in &given {
-        let same = last_value(&given, name) == last_value(&recipe, name);
+        let default = default_value(name);
+        let before = last_value(&recipe, name).or(default.as_deref().map(Some));
+        let same = same_value(last_value(&given, name), before);
         if !KEEP_RECIPE.contains(&name) && !same && !changes.iter().any(|c| c == name) {
             changes.push(name.to_string());
         }
     }
     changes
+}
+
+/// The default value of the `kd run` option `name` (`--lr`), if it has one.
+fn default_value(name: &str) -> Option<String> {
+    let command = Cli::command();
+    let run = command.find_subcommand("run")?;
+    let option = run.get_arguments().find(|a| a.get_long() == name.strip_prefix("--"))?;
+    Some(option.get_default_values().first()?.to_str()?.to_string())
+}
+
+/// Whether two option values are the same setting: equal as text, or as numbers (`20`, `20.0`
+/// and `2e1` are one temperature).
+fn same_value(a: Option<Option<&str>>, b: Option<Option<&str>>) -> bool {
+    let number = |v: Option<Option<&str>>| v.flatten().and_then(|v| v.parse::<f64>().ok());
+    a == b || number(a).is_some_and(|x| number(b) == Some(x))
 }
 
 /// The options in `args` with their values: `--x v` and `--x=v` give `("--x", Some("v"))`, and
@@ -301,14 +320,16 @@ mod tests {
             "t.safetensors",
             "--seed=3",
             "--temperature",
-            "20",
+            "20.0",
             "--student-epochs",
             "5",
             "--quiet",
             "--alpha=0.5",
             "--lr",
             "0.1",
-            "--lr=0.05",
+            "--lr=5e-2",
+            "--momentum",
+            "0.90",
             "--student-epochs",
             "6",
             "--no-baseline",
@@ -316,7 +337,8 @@ mod tests {
         .iter()
         .map(|a| a.to_string())
         .collect();
-        // hinton-mnist runs at T = 20 with a peak of 0.05, so those two change nothing.
+        // hinton-mnist runs at T = 20 with a peak of 0.05 and the default momentum of 0.9, so
+        // those change nothing, however written.
         let preset = find("hinton-mnist").unwrap();
         let changes = recipe_changes(&args, &preset);
         assert_eq!(changes, ["--student-epochs", "--alpha", "--no-baseline"]);

@@ -138,6 +138,16 @@ fn an_error_about_options_the_preset_gave_names_the_preset() {
                     before yours: --warmup-epochs 3 leaves nothing of a 2-epoch phase";
     assert!(stderr.contains(expected), "{stderr}");
     assert!(!out.exists(), "a refused run left {}", out.display());
+
+    // hinton-mnist-omit3 holds 5,000 images out: more than 1,000 training images have.
+    let args = ["--preset", "hinton-mnist-omit3", "--train-limit", "1000"];
+    let output = common::kd_cpu("run", &out, &args);
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = text(&output.stderr);
+    let expected = "under preset hinton-mnist-omit3, whose options (`kd presets` lists them) \
+                    come before yours: --holdout 5000 would leave no training sample";
+    assert!(stderr.contains(expected), "{stderr}");
+    assert!(!out.exists(), "a refused run left {}", out.display());
 }
 
 #[test]
