@@ -123,9 +123,7 @@ fn teacher_plan(args: &RunArgs, data: &Mnist) -> Result<TeacherPlan> {
 /// gave some.
 fn under_preset(error: anyhow::Error, args: &RunArgs) -> anyhow::Error {
     match &args.preset {
-        Some(name) => error.context(format!(
-            "under preset {name}, whose options (`kd presets` lists them) come before yours"
-        )),
+        Some(name) => error.context(preset::under(name)),
         None => error,
     }
 }

@@ -126,6 +126,12 @@ pub fn expand(args: Vec<OsString>, preset: Option<&str>) -> Result<Vec<OsString>
     Ok(expanded)
 }
 
+/// What an error about the options of a run under preset `name` begins with: the option at
+/// fault may be the preset's rather than the user's.
+pub fn under(name: &str) -> String {
+    format!("under preset {name}, whose options (`kd presets` lists them) come before yours")
+}
+
 /// Options that leave a preset's recipe as it is: where the files are, the device, the seed (a
 /// replicate of the same recipe), and how progress shows.
 const KEEP_RECIPE: [&str; 10] = [
@@ -147,9 +153,11 @@ const KEEP_RECIPE: [&str; 10] = [
 pub fn recipe_changes(args: &[String], preset: &Preset) -> Vec<String> {
     let given = options(args);
     let recipe = options(&preset.args);
+    let command = Cli::command();
+    let run = command.find_subcommand("run").expect("kd has a run command");
     let mut changes: Vec<String> = Vec::new();
     for &(name, _) in &given {
-        let default = default_value(name);
+        let default = default_value(run, name);
         let before = last_value(&recipe, name).or(default.as_deref().map(Some));
         let same = same_value(last_value(&given, name), before);
         if !KEEP_RECIPE.contains(&name) && !same && !changes.iter().any(|c| c == name) {
@@ -160,9 +168,7 @@ pub fn recipe_changes(args: &[String], preset: &Preset) -> Vec<String> {
 }
 
 /// The default value of the `kd run` option `name` (`--lr`), if it has one.
-fn default_value(name: &str) -> Option<String> {
-    let command = Cli::command();
-    let run = command.find_subcommand("run")?;
+fn default_value(run: &clap::Command, name: &str) -> Option<String> {
     let option = run.get_arguments().find(|a| a.get_long() == name.strip_prefix("--"))?;
     Some(option.get_default_values().first()?.to_str()?.to_string())
 }

@@ -114,13 +114,7 @@ fn under_preset(error: clap::Error, preset: &str) -> clap::Error {
     }
     let rendered = error.render().to_string();
     let message = rendered.strip_prefix("error: ").unwrap_or(&rendered);
-    clap::Error::raw(
-        error.kind(),
-        format!(
-            "under preset {preset}, whose options (`kd presets` lists them) come before \
-             yours: {message}"
-        ),
-    )
+    clap::Error::raw(error.kind(), format!("{}: {message}", crate::preset::under(preset)))
 }
 
 /// The comma-separated number lists of `kd sweep`, which clap would read as short flags when
